@@ -1,0 +1,662 @@
+"""Configuration: one TOML file loaded once into frozen dataclasses.
+
+Every error names the file and the key path, says what was expected and what was found
+(``config.toml: modbus.poll_rate_hz: must be > 0, got -1``). Unknown keys are errors so that
+a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import stat
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, TypeVar
+from urllib.parse import urlsplit
+
+from nixlog.errors import ConfigError
+
+log = logging.getLogger(__name__)
+_T = TypeVar("_T")
+
+ENV_CONFIG: Final = "NIXLOG_CONFIG"
+ENV_API_KEY: Final = "NIXLOG_API_KEY"
+DEFAULT_CONFIG_PATHS: Final = (Path("config.toml"), Path("/etc/nixlog/config.toml"))
+
+REGISTER_KINDS: Final = ("holding", "input", "coil", "discrete")
+BIT_KINDS: Final = frozenset({"coil", "discrete"})
+VALUE_TYPES: Final = (
+    "int16",
+    "uint16",
+    "int32",
+    "uint32",
+    "int64",
+    "uint64",
+    "float32",
+    "float64",
+    "bool",
+    "string",
+)
+BYTE_ORDERS: Final = ("ABCD", "CDAB", "BADC", "DCBA")
+SIXTEEN_BIT_BYTE_ORDERS: Final = ("ABCD", "BADC")
+REGISTERS_PER_TYPE: Final[Mapping[str, int]] = {
+    "int16": 1,
+    "uint16": 1,
+    "int32": 2,
+    "uint32": 2,
+    "float32": 2,
+    "int64": 4,
+    "uint64": 4,
+    "float64": 4,
+    "bool": 1,
+}
+PARITIES: Final = ("N", "E", "O")
+MAX_REGISTERS_PER_REQUEST: Final = 125  # Modbus limit for function codes 3 and 4
+MAX_STRING_REGISTERS: Final = 125
+_NAME_RE: Final = re.compile(r"^[A-Za-z0-9_.-]+$")
+_DEVICE_ID_RE: Final = re.compile(r"^[A-Za-z0-9_.:-]+$")
+
+
+class Secret:
+    """A string that never shows itself in ``repr``, ``str``, f-strings or logs."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        """Return the secret itself; call only where it is sent on the wire."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True)
+class DeviceConfig:
+    """``[device]``: the logger's identity; ``id`` None means the hardware serial."""
+
+    id: str | None = None
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    """``[database]``: where readings are buffered and how much disk they may use."""
+
+    path: Path = Path("/var/lib/nixlog/datalog.db")
+    storage_limit_gb: float = 1.0
+    max_db_mb: float | None = None
+    flush_interval_sec: float = 10.0
+
+
+@dataclass(frozen=True)
+class RegisterConfig:
+    """One ``[[modbus.registers_to_read]]`` entry, with defaults resolved."""
+
+    name: str
+    address: int
+    kind: str = "holding"
+    type: str = "uint16"
+    byte_order: str = "ABCD"
+    scale: float = 1.0
+    offset: float = 0.0
+    unit_id: int = 1
+    length: int | None = None
+    bit: int | None = None
+    units: str | None = None
+
+    @property
+    def count(self) -> int:
+        """How many registers (or bits, for coils and discrete inputs) this value occupies."""
+        if self.kind in BIT_KINDS:
+            return 1
+        if self.type == "string":
+            assert self.length is not None
+            return self.length
+        return REGISTERS_PER_TYPE[self.type]
+
+    @property
+    def end(self) -> int:
+        """One past the last address this value occupies."""
+        return self.address + self.count
+
+
+@dataclass(frozen=True)
+class ModbusConfig:
+    """``[modbus]``: the bus, its timing and the register map."""
+
+    port: str
+    registers: tuple[RegisterConfig, ...]
+    baudrate: int = 9600
+    parity: str = "N"
+    stopbits: int = 1
+    bytesize: int = 8
+    unit_id: int = 1
+    timeout_sec: float = 1.0
+    retries: int = 1
+    poll_rate_hz: float = 10.0
+    batch_size: int = 100
+    max_registers_per_request: int = MAX_REGISTERS_PER_REQUEST
+    request_gap_ms: float = 0.0
+
+    @property
+    def is_tcp(self) -> bool:
+        """True when ``port`` is a ``tcp://host:port`` address rather than a serial path."""
+        return self.port.startswith("tcp://")
+
+    @property
+    def tcp_address(self) -> tuple[str, int]:
+        """``(host, port)`` of a ``tcp://`` port; 502 when no port is given."""
+        return parse_tcp_address(self.port)
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    """``[api]``: where and how readings are shipped. The key is a ``Secret``."""
+
+    endpoint: str
+    api_key: Secret = field(repr=False)
+    api_key_header: str = "Authorization"
+    publish_interval_sec: float = 60.0
+    batch_size: int = 500
+    timeout_sec: float = 10.0
+    gzip: bool = False
+    ca_file: Path | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration; ``path`` is the file it came from."""
+
+    path: Path
+    modbus: ModbusConfig
+    device: DeviceConfig = DeviceConfig()
+    database: DatabaseConfig = DatabaseConfig()
+    api: ApiConfig | None = None
+
+    def require_api(self) -> ApiConfig:
+        """Return ``[api]``, or refuse (exit 78) for a command that ships readings."""
+        if self.api is None:
+            raise ConfigError(f"{self.path}: api: section missing (this command ships readings)")
+        return self.api
+
+
+def parse_tcp_address(port: str) -> tuple[str, int]:
+    """Split ``tcp://host[:port]`` into host and port; raise ``ValueError`` when malformed."""
+    parts = urlsplit(port)
+    if parts.scheme != "tcp" or not parts.hostname or parts.path not in ("", "/"):
+        raise ValueError(f'expected "tcp://host:port" or a serial device path, got "{port}"')
+    try:
+        tcp_port = parts.port or 502
+    except ValueError as exc:  # port out of range or not a number
+        raise ValueError(f'bad TCP port in "{port}"') from exc
+    return parts.hostname, tcp_port
+
+
+def resolve_config_path(option: Path | None, env: Mapping[str, str] | None = None) -> Path:
+    """Pick the config file: ``--config``, then ``$NIXLOG_CONFIG``, then ./config.toml, then /etc.
+
+    An explicit choice (option or environment) is returned even if missing, so that loading it
+    reports the missing file by name; the defaults are used only when they exist.
+    """
+    env = os.environ if env is None else env
+    if option is not None:
+        return option
+    if env.get(ENV_CONFIG):
+        return Path(env[ENV_CONFIG])
+    for candidate in DEFAULT_CONFIG_PATHS:
+        if candidate.is_file():
+            return candidate
+    looked = ", ".join(str(p) for p in DEFAULT_CONFIG_PATHS)
+    raise ConfigError(
+        f"no config file: pass --config PATH or set ${ENV_CONFIG} (looked in {looked})"
+    )
+
+
+def load_config(path: Path, env: Mapping[str, str] | None = None) -> Config:
+    """Read, validate and freeze the config at ``path``.
+
+    Raises ``ConfigError`` whose one-line message names the file and the key path.
+    """
+    env = os.environ if env is None else env
+    try:
+        raw_bytes = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, expected a TOML file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        document = tomllib.loads(raw_bytes.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: {_describe_toml_error(exc)}") from None
+    return _build_config(path, document, env)
+
+
+def _describe_toml_error(exc: tomllib.TOMLDecodeError) -> str:
+    """Turn tomllib's "msg (at line L, column C)" into "line L, column C: invalid TOML: msg"."""
+    message = str(exc)
+    match = re.search(r"^(.*) \(at line (\d+), column (\d+)\)$", message)
+    if match:
+        what, line, column = match.groups()
+        return f"line {line}, column {column}: invalid TOML: {what}"
+    match = re.search(r"^(.*) \(at end of document\)$", message)
+    if match:
+        return f"end of file: invalid TOML: {match.group(1)}"
+    return f"invalid TOML: {message}"
+
+
+_REQUIRED: Final = object()
+
+
+def _type_name(value: object) -> str:
+    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
+    for kind, name in names.items():
+        if type(value) is kind:
+            return f"{name} ({value!r})" if not isinstance(value, str) else f'{name} ("{value}")'
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "a table"
+    return type(value).__name__
+
+
+class _Table:
+    """Reads one TOML table, remembering which keys were used so unknown ones can be refused."""
+
+    def __init__(self, file: Path, key_path: str, data: object) -> None:
+        self.file = file
+        self.key_path = key_path
+        if not isinstance(data, dict):
+            raise self.error_at(key_path, f"expected a table, got {_type_name(data)}")
+        self.data: dict[str, Any] = data
+        self.used: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.key_path}.{name}" if self.key_path else name
+
+    def error_at(self, key_path: str, message: str) -> ConfigError:
+        return ConfigError(f"{self.file}: {key_path}: {message}")
+
+    def error(self, name: str, message: str) -> ConfigError:
+        return self.error_at(self.key(name), message)
+
+    def has(self, name: str) -> bool:
+        return name in self.data
+
+    def raw(self, name: str) -> object:
+        self.used.add(name)
+        return self.data.get(name)
+
+    def string(self, name: str, default: Any = _REQUIRED, choices: tuple[str, ...] = ()) -> Any:
+        value = self._get(name, default)
+        if value is default:
+            return value
+        if not isinstance(value, str):
+            raise self.error(name, f"expected a string, got {_type_name(value)}")
+        if choices and value not in choices:
+            expected = ", ".join(choices)
+            raise self.error(name, f'unknown value "{value}" (expected one of {expected})')
+        return value
+
+    def integer(
+        self,
+        name: str,
+        default: Any = _REQUIRED,
+        minimum: int | None = None,
+        maximum: int | None = None,
+    ) -> Any:
+        value = self._get(name, default)
+        if value is default:
+            return value
+        if type(value) is not int:
+            raise self.error(name, f"expected an integer, got {_type_name(value)}")
+        self._check_range(name, value, minimum, maximum)
+        return value
+
+    def number(
+        self,
+        name: str,
+        default: Any = _REQUIRED,
+        minimum: float | None = None,
+        maximum: float | None = None,
+        positive: bool = False,
+    ) -> Any:
+        value = self._get(name, default)
+        if value is default:
+            return value
+        if type(value) not in (int, float):
+            raise self.error(name, f"expected a number, got {_type_name(value)}")
+        if not math.isfinite(value):
+            raise self.error(name, f"must be a finite number, got {value}")
+        if positive and value <= 0:
+            raise self.error(name, f"must be > 0, got {value}")
+        self._check_range(name, value, minimum, maximum)
+        return float(value)
+
+    def boolean(self, name: str, default: Any = _REQUIRED) -> Any:
+        value = self._get(name, default)
+        if value is default:
+            return value
+        if not isinstance(value, bool):
+            raise self.error(name, f"expected true or false, got {_type_name(value)}")
+        return value
+
+    def _get(self, name: str, default: Any) -> Any:
+        self.used.add(name)
+        if name not in self.data:
+            if default is _REQUIRED:
+                raise self.error(name, "missing (required)")
+            return default
+        return self.data[name]
+
+    def _check_range(
+        self, name: str, value: float, minimum: float | None, maximum: float | None
+    ) -> None:
+        if minimum is not None and maximum is not None and not minimum <= value <= maximum:
+            raise self.error(name, f"must be between {minimum} and {maximum}, got {value}")
+        if minimum is not None and value < minimum:
+            raise self.error(name, f"must be >= {minimum}, got {value}")
+        if maximum is not None and value > maximum:
+            raise self.error(name, f"must be <= {maximum}, got {value}")
+
+    def finish(self) -> None:
+        """Refuse keys nobody asked for: they are typos or options this version lacks."""
+        unknown = sorted(set(self.data) - self.used)
+        if unknown:
+            name = unknown[0]
+            raise self.error(name, "unknown key")
+
+
+def _build_config(file: Path, document: dict[str, Any], env: Mapping[str, str]) -> Config:
+    root = _Table(file, "", document)
+    device = _section(root, "device", _build_device)
+    database = _section(root, "database", _build_database)
+    if not root.has("modbus"):
+        raise root.error("modbus", "section missing (required)")
+    modbus = _build_modbus(_Table(file, "modbus", root.raw("modbus")))
+    api = _section(root, "api", lambda table: _build_api(table, env))
+    root.finish()
+    if database is None:
+        database = DatabaseConfig()
+    if not database.path.is_absolute():
+        # Relative to the config file, not the working directory: systemd starts us in /.
+        database = DatabaseConfig(
+            path=file.parent / database.path,
+            storage_limit_gb=database.storage_limit_gb,
+            max_db_mb=database.max_db_mb,
+            flush_interval_sec=database.flush_interval_sec,
+        )
+    if api is not None and _is_readable_by_others(file) and root_has_key(document):
+        log.warning(
+            "%s holds an API key and is readable by other users; run: chmod 640 %s", file, file
+        )
+    return Config(
+        path=file,
+        modbus=modbus,
+        device=device or DeviceConfig(),
+        database=database,
+        api=api,
+    )
+
+
+def root_has_key(document: Mapping[str, Any]) -> bool:
+    """True when the document itself carries ``api.api_key`` (not a file or the environment)."""
+    api = document.get("api")
+    return isinstance(api, dict) and "api_key" in api
+
+
+def _is_readable_by_others(file: Path) -> bool:
+    try:
+        return bool(file.stat().st_mode & stat.S_IROTH)
+    except OSError:
+        return False
+
+
+def _section(root: _Table, name: str, build: Callable[[_Table], _T]) -> _T | None:
+    if not root.has(name):
+        root.used.add(name)
+        return None
+    return build(_Table(root.file, name, root.raw(name)))
+
+
+def _build_device(table: _Table) -> DeviceConfig:
+    device_id = table.string("id", None)
+    if device_id is not None and not _DEVICE_ID_RE.match(device_id):
+        raise table.error("id", f'must be letters, digits and "_.:-" only, got "{device_id}"')
+    table.finish()
+    return DeviceConfig(id=device_id)
+
+
+def _build_database(table: _Table) -> DatabaseConfig:
+    path = table.string("path", str(DatabaseConfig.path))
+    if not path:
+        raise table.error("path", "must not be empty")
+    result = DatabaseConfig(
+        path=Path(path).expanduser(),
+        storage_limit_gb=table.number("storage_limit_gb", 1.0, minimum=0),
+        max_db_mb=table.number("max_db_mb", None, positive=True),
+        flush_interval_sec=table.number("flush_interval_sec", 10.0, positive=True),
+    )
+    table.finish()
+    return result
+
+
+def _build_modbus(table: _Table) -> ModbusConfig:
+    port = table.string("port")
+    if port.startswith("tcp://") or "://" in port:
+        try:
+            parse_tcp_address(port)
+        except ValueError as exc:
+            raise table.error("port", str(exc)) from None
+    elif not port:
+        raise table.error("port", "must not be empty")
+    unit_id = table.integer("unit_id", 1, minimum=0, maximum=255)
+    max_per_request = table.integer(
+        "max_registers_per_request",
+        MAX_REGISTERS_PER_REQUEST,
+        minimum=1,
+        maximum=MAX_REGISTERS_PER_REQUEST,
+    )
+    settings: dict[str, Any] = {
+        "baudrate": table.integer("baudrate", 9600, minimum=50, maximum=4_000_000),
+        "parity": table.string("parity", "N", choices=PARITIES),
+        "stopbits": table.integer("stopbits", 1, minimum=1, maximum=2),
+        "bytesize": table.integer("bytesize", 8, minimum=5, maximum=8),
+        "timeout_sec": table.number("timeout_sec", 1.0, positive=True, maximum=60),
+        "retries": table.integer("retries", 1, minimum=0, maximum=10),
+        "poll_rate_hz": table.number("poll_rate_hz", 10.0, positive=True, maximum=1000),
+        "batch_size": table.integer("batch_size", 100, minimum=1, maximum=100_000),
+        "request_gap_ms": table.number("request_gap_ms", 0.0, minimum=0, maximum=10_000),
+    }
+    registers = _build_registers(table, unit_id)
+    table.finish()
+    return ModbusConfig(
+        port=port,
+        registers=registers,
+        unit_id=unit_id,
+        max_registers_per_request=max_per_request,
+        **settings,
+    )
+
+
+def _build_registers(modbus: _Table, default_unit: int) -> tuple[RegisterConfig, ...]:
+    entries = modbus.raw("registers_to_read")
+    if entries is None:
+        raise modbus.error("registers_to_read", "missing (at least one register is required)")
+    if not isinstance(entries, list):
+        raise modbus.error(
+            "registers_to_read",
+            "expected an array of tables ([[modbus.registers_to_read]]), "
+            f"got {_type_name(entries)}",
+        )
+    if not entries:
+        raise modbus.error("registers_to_read", "empty (at least one register is required)")
+    registers: list[RegisterConfig] = []
+    seen: dict[str, int] = {}
+    for index, entry in enumerate(entries):
+        table = _Table(modbus.file, f"modbus.registers_to_read[{index}]", entry)
+        register = _build_register(table, default_unit)
+        if register.name in seen:
+            raise table.error(
+                "name",
+                f'duplicate name "{register.name}" '
+                f"(already used by modbus.registers_to_read[{seen[register.name]}])",
+            )
+        seen[register.name] = index
+        for other_index, other in enumerate(registers):
+            if _overlaps(register, other):
+                raise table.error(
+                    "address",
+                    f"{register.kind} {register.address}-{register.end - 1} of unit "
+                    f'{register.unit_id} overlaps "{other.name}" '
+                    f"(modbus.registers_to_read[{other_index}], "
+                    f"{other.kind} {other.address}-{other.end - 1})",
+                )
+        registers.append(register)
+    return tuple(registers)
+
+
+def _overlaps(a: RegisterConfig, b: RegisterConfig) -> bool:
+    """Two values overlap when they claim the same addresses of one unit and kind.
+
+    A ``bit`` of a 16-bit register may share that register with the whole word or with other
+    bits (a status word and its flags are read that way); only the same bit twice is refused.
+    """
+    if a.unit_id != b.unit_id or a.kind != b.kind:
+        return False
+    if a.address >= b.end or b.address >= a.end:
+        return False
+    if a.bit is not None and b.bit is not None:
+        return a.bit == b.bit
+    return a.bit is None and b.bit is None
+
+
+def _build_register(table: _Table, default_unit: int) -> RegisterConfig:
+    name = table.string("name")
+    if not _NAME_RE.match(name):
+        raise table.error("name", f'must be letters, digits and "_.-" only, got "{name}"')
+    address = table.integer("address", minimum=0, maximum=65535)
+    kind = table.string("kind", "holding", choices=REGISTER_KINDS)
+    is_bit_kind = kind in BIT_KINDS
+    value_type = table.string("type", "bool" if is_bit_kind else "uint16", choices=VALUE_TYPES)
+    byte_order = table.string("byte_order", "ABCD", choices=BYTE_ORDERS)
+    scale = table.number("scale", 1.0)
+    offset = table.number("offset", 0.0)
+    unit_id = table.integer("unit_id", default_unit, minimum=0, maximum=255)
+    length = table.integer("length", None, minimum=1, maximum=MAX_STRING_REGISTERS)
+    bit = table.integer("bit", None, minimum=0, maximum=15)
+    units = table.string("units", None)
+    table.finish()
+
+    if is_bit_kind and value_type != "bool":
+        raise table.error(
+            "type", f'{kind} registers hold single bits: type must be "bool", got "{value_type}"'
+        )
+    if bit is not None and (is_bit_kind or value_type != "bool"):
+        raise table.error("bit", 'applies only to type = "bool" on a holding or input register')
+    if value_type == "bool" and not is_bit_kind and bit is None:
+        raise table.error("bit", f'missing: type "bool" on a {kind} register needs bit = 0..15')
+    if value_type == "string" and length is None:
+        raise table.error("length", 'missing: type "string" needs length (registers)')
+    if length is not None and value_type != "string":
+        raise table.error("length", f'applies only to type = "string", not "{value_type}"')
+    if value_type in ("int16", "uint16", "string") and byte_order not in SIXTEEN_BIT_BYTE_ORDERS:
+        raise table.error(
+            "byte_order",
+            f'{value_type} fits in 16-bit words: expected ABCD or BADC, got "{byte_order}"',
+        )
+    if value_type in ("bool", "string") and (scale != 1.0 or offset != 0.0):
+        bad = "scale" if scale != 1.0 else "offset"
+        raise table.error(bad, f'does not apply to type "{value_type}"')
+    register = RegisterConfig(
+        name=name,
+        address=address,
+        kind=kind,
+        type=value_type,
+        byte_order=byte_order,
+        scale=scale,
+        offset=offset,
+        unit_id=unit_id,
+        length=length,
+        bit=bit,
+        units=units,
+    )
+    if register.end > 65536:
+        raise table.error("address", f"{value_type} at {address} runs past the last address 65535")
+    return register
+
+
+def _build_api(table: _Table, env: Mapping[str, str]) -> ApiConfig:
+    endpoint = table.string("endpoint")
+    parts = urlsplit(endpoint)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise table.error("endpoint", f'expected an http:// or https:// URL, got "{endpoint}"')
+    api_key = _resolve_api_key(table, env)
+    header = table.string("api_key_header", "Authorization")
+    if not re.match(r"^[A-Za-z0-9-]+$", header):
+        raise table.error("api_key_header", f'not a valid HTTP header name: "{header}"')
+    ca_file_text = table.string("ca_file", None)
+    ca_file = None
+    if ca_file_text is not None:
+        ca_file = Path(ca_file_text).expanduser()
+        if not ca_file.is_absolute():
+            ca_file = table.file.parent / ca_file
+        if not ca_file.is_file():
+            raise table.error("ca_file", f"file not found: {ca_file}")
+    result = ApiConfig(
+        endpoint=endpoint,
+        api_key=api_key,
+        api_key_header=header,
+        publish_interval_sec=table.number("publish_interval_sec", 60.0, positive=True),
+        batch_size=table.integer("batch_size", 500, minimum=1, maximum=100_000),
+        timeout_sec=table.number("timeout_sec", 10.0, positive=True, maximum=600),
+        gzip=table.boolean("gzip", False),
+        ca_file=ca_file,
+    )
+    table.finish()
+    return result
+
+
+def _resolve_api_key(table: _Table, env: Mapping[str, str]) -> Secret:
+    """The key comes from ``api_key``, else ``api_key_file``, else ``$NIXLOG_API_KEY``."""
+    if table.has("api_key") and table.has("api_key_file"):
+        raise table.error("api_key_file", "give either api_key or api_key_file, not both")
+    inline = table.string("api_key", None)
+    key_file = table.string("api_key_file", None)
+    if inline is not None:
+        if not inline.strip():
+            raise table.error("api_key", "must not be empty")
+        return Secret(inline.strip())
+    if key_file is not None:
+        key_path = Path(key_file).expanduser()
+        if not key_path.is_absolute():
+            key_path = table.file.parent / key_path
+        try:
+            text = key_path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise table.error("api_key_file", f"cannot read {key_path}: {exc.strerror}") from None
+        if not text:
+            raise table.error("api_key_file", f"{key_path} is empty")
+        return Secret(text)
+    from_env = env.get(ENV_API_KEY, "").strip()
+    if from_env:
+        return Secret(from_env)
+    raise table.error("api_key", f"missing: set api.api_key, api.api_key_file or ${ENV_API_KEY}")

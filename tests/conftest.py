@@ -1,0 +1,7 @@
+"""Shared pytest setup. Fixtures live in one module per area, loaded as plugins here."""
+
+pytest_plugins = [
+    "tests.fixtures_modbus",
+    "tests.fixtures_http",
+    "tests.fixtures_db",
+]

@@ -1,0 +1,1 @@
+"""Database fixtures: real SQLite files in tmp_path."""

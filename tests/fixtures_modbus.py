@@ -1,0 +1,1 @@
+"""Modbus peers: the simulator over TCP and over a socat pty pair."""
