@@ -7,6 +7,7 @@ a typo never silently falls back to a default.
 
 from __future__ import annotations
 
+import difflib
 import logging
 import math
 import os
@@ -14,7 +15,7 @@ import re
 import stat
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final, TypeVar
 from urllib.parse import urlsplit
@@ -270,7 +271,9 @@ def _type_name(value: object) -> str:
     names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
     for kind, name in names.items():
         if type(value) is kind:
-            return f"{name} ({value!r})" if not isinstance(value, str) else f'{name} ("{value}")'
+            if isinstance(value, bool):
+                return f"{name} ({str(value).lower()})"
+            return f'{name} ("{value}")' if isinstance(value, str) else f"{name} ({value})"
     if isinstance(value, list):
         return "an array"
     if isinstance(value, dict):
@@ -313,7 +316,7 @@ class _Table:
             raise self.error(name, f"expected a string, got {_type_name(value)}")
         if choices and value not in choices:
             expected = ", ".join(choices)
-            raise self.error(name, f'unknown value "{value}" (expected one of {expected})')
+            raise self.error(name, f'unknown {name} "{value}" (expected one of {expected})')
         return value
 
     def integer(
@@ -382,29 +385,28 @@ class _Table:
         unknown = sorted(set(self.data) - self.used)
         if unknown:
             name = unknown[0]
-            raise self.error(name, "unknown key")
+            close = difflib.get_close_matches(name, sorted(self.used), n=1)
+            hint = f' (did you mean "{close[0]}"?)' if close else ""
+            raise self.error(name, f"unknown key{hint}")
 
 
 def _build_config(file: Path, document: dict[str, Any], env: Mapping[str, str]) -> Config:
     root = _Table(file, "", document)
+    # Unknown sections first: "[modbuss]" should say so, not "modbus: section missing".
+    root.used.update(("device", "database", "modbus", "api"))
+    root.finish()
     device = _section(root, "device", _build_device)
     database = _section(root, "database", _build_database)
     if not root.has("modbus"):
         raise root.error("modbus", "section missing (required)")
     modbus = _build_modbus(_Table(file, "modbus", root.raw("modbus")))
     api = _section(root, "api", lambda table: _build_api(table, env))
-    root.finish()
     if database is None:
         database = DatabaseConfig()
     if not database.path.is_absolute():
         # Relative to the config file, not the working directory: systemd starts us in /.
-        database = DatabaseConfig(
-            path=file.parent / database.path,
-            storage_limit_gb=database.storage_limit_gb,
-            max_db_mb=database.max_db_mb,
-            flush_interval_sec=database.flush_interval_sec,
-        )
-    if api is not None and _is_readable_by_others(file) and root_has_key(document):
+        database = replace(database, path=file.parent / database.path)
+    if api is not None and _is_readable_by_others(file) and _holds_inline_key(document):
         log.warning(
             "%s holds an API key and is readable by other users; run: chmod 640 %s", file, file
         )
@@ -417,7 +419,7 @@ def _build_config(file: Path, document: dict[str, Any], env: Mapping[str, str]) 
     )
 
 
-def root_has_key(document: Mapping[str, Any]) -> bool:
+def _holds_inline_key(document: Mapping[str, Any]) -> bool:
     """True when the document itself carries ``api.api_key`` (not a file or the environment)."""
     api = document.get("api")
     return isinstance(api, dict) and "api_key" in api
@@ -432,7 +434,6 @@ def _is_readable_by_others(file: Path) -> bool:
 
 def _section(root: _Table, name: str, build: Callable[[_Table], _T]) -> _T | None:
     if not root.has(name):
-        root.used.add(name)
         return None
     return build(_Table(root.file, name, root.raw(name)))
 
