@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
+from rich.console import Console, Group
 from rich.markup import escape
 from rich.table import Table
 
@@ -145,6 +145,30 @@ def _not_built(command: str) -> NixlogError:
 # --------------------------------------------------------------------------- config check
 
 
+def _print_plan(stdout: Console, cfg: Config) -> None:
+    """The request plan: what one poll cycle sends on the bus."""
+    from nixlog.registers import plan_for_config
+
+    plan = plan_for_config(cfg)
+    distinct = len({(r.unit_id, r.kind, r.address, r.count) for r in cfg.modbus.registers})
+    table = Table(
+        title=f"Request plan: {len(plan)} requests per cycle "
+        f"({distinct} without coalescing)"
+    )
+    for column in ("unit", "kind", "start", "count", "unused", "registers"):
+        table.add_column(column)
+    for request in plan:
+        table.add_row(
+            str(request.unit_id),
+            request.kind,
+            str(request.start),
+            str(request.count),
+            str(request.bridged),
+            escape(", ".join(r.name for r in request.registers)),
+        )
+    stdout.print(table)
+
+
 @_command(config_app, "check")
 def config_check(config: ConfigOption = None) -> None:
     """Validate a config and print the resolved register map."""
@@ -178,6 +202,7 @@ def config_check(config: ConfigOption = None) -> None:
             escape(reg.units or ""),
         )
     stdout.print(table)
+    _print_plan(stdout, cfg)
     api = cfg.api
     stdout.print(
         f"database: {escape(str(cfg.database.path))}; api: "
@@ -186,6 +211,110 @@ def config_check(config: ConfigOption = None) -> None:
 
 
 # --------------------------------------------------------------------------- poll
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _poll_table(poller: Any, reading: Any) -> Group:
+    """The latest values with units, and the error of each register that failed."""
+    stats = poller.stats
+    header = (
+        f"[bold]{escape(poller.link.description)}[/bold]  {reading.timestamp}  "
+        f"cycle {stats.cycles} (all failed {stats.failed_cycles}, skipped slots "
+        f"{stats.skipped_slots}), {stats.requests} requests"
+    )
+    table = Table()
+    table.add_column("name")
+    table.add_column("value", justify="right")
+    table.add_column("units")
+    table.add_column("status")
+    for register in poller.registers:
+        if register.name in reading.values:
+            value = _format_value(reading.values[register.name])
+            status = "[green]ok[/green]"
+        else:
+            value = "—"
+            status = f"[red]{escape(reading.errors.get(register.name, 'no value'))}[/red]"
+        table.add_row(escape(register.name), escape(value), escape(register.units or ""), status)
+    return Group(header, table)
+
+
+class _PollOutcome:
+    """What the cycles of `nixlog poll` amounted to: decides the exit code."""
+
+    def __init__(self) -> None:
+        self.cycles = 0
+        self.any_value = False
+        self.any_error = False
+        self.first_error: str | None = None
+        self.only_silence = True
+
+    def record(self, reading: Any) -> None:
+        self.cycles += 1
+        self.any_value = self.any_value or bool(reading.values)
+        for error in reading.errors.values():
+            self.any_error = True
+            if not error.startswith("skipped:"):
+                self.first_error = self.first_error or error
+            silent = error in ("timeout", "disconnected") or error.startswith(
+                ("skipped:", "exception 10 ", "exception 11 ")
+            )
+            self.only_silence = self.only_silence and silent
+
+    def finish(self, poller: Any, cfg: Config) -> None:
+        """Exit 69 when nothing ever answered, 1 when some registers failed, else return."""
+        from nixlog.errors import EXIT_PARTIAL, DeviceError
+
+        if not self.any_value and self.any_error and self.only_silence:
+            units = sorted({r.unit_id for r in poller.registers})
+            reason = poller.last_link_error or self.first_error
+            if reason == "timeout":
+                tries = cfg.modbus.retries + 1
+                reason = (
+                    f"timeout ({cfg.modbus.timeout_sec:g} s × {tries} "
+                    f"{'try' if tries == 1 else 'tries'})"
+                )
+            raise DeviceError(
+                f"no answer from unit {', '.join(map(str, units))} on "
+                f"{poller.link.description}: {reason}"
+            )
+        if self.any_error:
+            raise typer.Exit(EXIT_PARTIAL)
+
+
+class _PollStore:
+    """`nixlog poll --save`: readings go to the database in batches, like the daemon's."""
+
+    def __init__(self, cfg: Config) -> None:
+        from nixlog import core, database
+        from nixlog.hardware import resolve_device_id
+
+        self.device_id = resolve_device_id(cfg)
+        self.conn = database.open_db(cfg.database.path)
+        self.bin = core.ReadingBin(cfg.modbus.batch_size, cfg.database.flush_interval_sec)
+        self.path = cfg.database.path
+        self.saved = 0
+
+    def add(self, reading: Any) -> None:
+        from nixlog import core
+
+        self.bin.add(reading)
+        if self.bin.is_due():
+            self.saved += core.flush(self.conn, self.device_id, self.bin)
+
+    def close(self) -> None:
+        """Write what the bin holds (also on Ctrl-C), then close the database."""
+        from nixlog import core, database
+
+        try:
+            self.saved += core.flush(self.conn, self.device_id, self.bin)
+        finally:
+            database.close(self.conn)
+        _console(err=True).print(f"Saved {self.saved} readings to {escape(str(self.path))}")
 
 
 @_command(app, "poll")
@@ -201,10 +330,135 @@ def poll(
     json_output: JsonOption = False,
 ) -> None:
     """Read the register map and show readings live; stores nothing unless --save."""
-    raise _not_built("poll")
+    import json
+    import threading
+
+    from rich.live import Live
+
+    from nixlog import core
+
+    cfg = _load(config)
+    poller = core.build_poller(cfg)
+    outcome = _PollOutcome()
+    max_cycles = 1 if once else count
+    store: Any = None
+    try:
+        poller.link.connect()  # unreachable port: exit 69 with the reason, before anything else
+        if save:
+            store = _PollStore(cfg)
+        on_reading = store.add if store is not None else (lambda reading: None)
+        stdout = _console()
+        if json_output:
+
+            def on_cycle(reading: Any) -> None:
+                outcome.record(reading)
+                record = {
+                    "timestamp": reading.timestamp,
+                    "values": reading.values,
+                    "errors": reading.errors,
+                }
+                typer.echo(json.dumps(record, ensure_ascii=False))
+
+            core.run_poll_loop(
+                poller,
+                on_reading,
+                threading.Event(),
+                cfg.modbus.poll_rate_hz,
+                on_cycle=on_cycle,
+                max_cycles=max_cycles,
+            )
+        elif stdout.is_terminal:
+            with Live(console=stdout, auto_refresh=False) as live:
+
+                def on_cycle(reading: Any) -> None:
+                    outcome.record(reading)
+                    live.update(_poll_table(poller, reading), refresh=True)
+
+                core.run_poll_loop(
+                    poller,
+                    on_reading,
+                    threading.Event(),
+                    cfg.modbus.poll_rate_hz,
+                    on_cycle=on_cycle,
+                    max_cycles=max_cycles,
+                )
+        else:
+            # Into a pipe or file: no redrawing, only the last table (--json streams instead).
+            core.run_poll_loop(
+                poller,
+                on_reading,
+                threading.Event(),
+                cfg.modbus.poll_rate_hz,
+                on_cycle=outcome.record,
+                max_cycles=max_cycles,
+            )
+    finally:
+        poller.close()
+        if store is not None:
+            store.close()
+        if not json_output and not _console().is_terminal and poller.last_cycle is not None:
+            _console().print(_poll_table(poller, poller.last_cycle))
+    outcome.finish(poller, cfg)
 
 
 # --------------------------------------------------------------------------- publish
+
+
+def _publish_outcome(cfg: Config, summary: Any) -> NixlogError | None:
+    """The error a stopped publish reports (None when it was not stopped by a failure)."""
+    from nixlog.errors import ApiError, ConfigError
+
+    failure = summary.failure
+    if failure is None:
+        return None
+    done = f" after delivering {summary.delivered}" if summary.delivered else ""
+    if failure.kind == "auth":
+        return ConfigError(
+            f"{cfg.path}: api.api_key: the API refused the key ({failure.detail}); "
+            f"readings are kept{done}"
+        )
+    if failure.kind == "endpoint":
+        return ConfigError(
+            f"{cfg.path}: api.endpoint: does not accept batches ({failure.detail}); "
+            f"readings are kept{done}"
+        )
+    wait = ""
+    if failure.retry_after is not None:
+        wait = f" (the API asks to wait {failure.retry_after:.0f} s)"
+    return ApiError(
+        f"API unavailable: {failure.detail}{wait}; readings are kept for the next "
+        f"attempt{done}"
+    )
+
+
+def _publish_dry_run(client: Any, rows: list[Any], endpoint: str) -> None:
+    """The next batch's body as JSON on stdout; where it would go on stderr (key masked)."""
+    import json
+
+    stderr = _console(err=True)
+    if not rows:
+        stderr.print("Nothing to send: no unsent readings.")
+        return
+    headers = client.headers(rows)  # masked: the key never reaches a terminal or a log
+    stderr.print(
+        f"Would POST {len(rows)} readings (seq {rows[0].id}..{rows[-1].id}) to "
+        f"{escape(endpoint)}"
+    )
+    for name, value in headers.items():
+        stderr.print(f"  {escape(name)}: {escape(value)}")
+    typer.echo(json.dumps(client.payload(rows), indent=2, ensure_ascii=False))
+
+
+def _render_publish(summary: Any, backlog: int) -> None:
+    """One summary line on stdout: delivered, rejected (by seq), what remains."""
+    remaining = max(backlog - summary.delivered - summary.rejected, 0)
+    requests = "request" if summary.requests == 1 else "requests"
+    line = f"Delivered {summary.delivered} readings in {summary.requests} {requests}"
+    if summary.rejected:
+        ids = ", ".join(str(i) for i in summary.rejected_ids[:10])
+        more = ", ..." if len(summary.rejected_ids) > 10 else ""
+        line += f"; {summary.rejected} rejected by the API (seq {ids}{more}), kept for export"
+    _console().print(f"{line}; {remaining} unsent remain.")
 
 
 @_command(app, "publish")
@@ -216,10 +470,102 @@ def publish(
     ] = False,
 ) -> None:
     """Ship unsent readings now, until caught up or the first failure."""
-    raise _not_built("publish")
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from nixlog import core, database
+    from nixlog.api_client import ApiClient
+    from nixlog.hardware import resolve_device_id
+
+    cfg = _load(config)
+    api = cfg.require_api()
+    device_id = resolve_device_id(cfg)
+    # The station logs each failure for the daemon's journal; here the summary and the one
+    # Error line say the same, so its log lines show only with --verbose.
+    ship_log = logging.getLogger("nixlog.ship")
+    ship_level = ship_log.level
+    if not _state.verbose:
+        ship_log.setLevel(logging.CRITICAL)
+    conn = database.open_db(cfg.database.path)
+    try:
+        epoch = database.get_epoch(conn)
+        with ApiClient(api, device_id, epoch) as client:
+            if dry_run:
+                rows = database.get_unsent_readings(conn, api.batch_size)
+                _publish_dry_run(client, list(rows), api.endpoint)
+                return
+            backlog = database.count_unsent(conn)
+            if backlog == 0:
+                _console().print("Nothing to send: no unsent readings.")
+                return
+            stderr = _console(err=True)
+            with Progress(
+                TextColumn("publishing"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                console=stderr,
+                transient=True,
+                disable=not stderr.is_terminal,
+            ) as progress:
+                task = progress.add_task(
+                    "publish", total=min(backlog, api.batch_size) if once else backlog
+                )
+                summary = core.publish_pending(
+                    conn,
+                    client,
+                    batch_size=api.batch_size,
+                    once=once,
+                    on_progress=lambda n: progress.advance(task, n),
+                )
+    finally:
+        ship_log.setLevel(ship_level)
+        conn.close()
+    _render_publish(summary, backlog)
+    error = _publish_outcome(cfg, summary)
+    if error is not None:
+        raise error
+    if summary.rejected:
+        raise typer.Exit(1)
 
 
 # --------------------------------------------------------------------------- prune
+
+
+def _megabytes(size: int) -> str:
+    if size >= 10_000_000_000:
+        return f"{size / 1_000_000_000:.1f} GB"
+    return f"{size / 1_000_000:.1f} MB"
+
+
+def _render_prune(report: Any) -> None:
+    """Quiet when nothing was needed (cron mails any output); else one line per fact."""
+    stdout = _console()
+    if report.dry_run:
+        plan = report.plan
+        if plan is None:
+            stdout.print("Nothing to prune: the database is within its budget.")
+            return
+        stdout.print(
+            f"Would delete about {plan.sent} sent, {plan.rejected} rejected and "
+            f"{plan.unsent} unsent readings ({_megabytes(plan.bytes_to_free)}): "
+            f"{escape(report.reason)}. Dry run: nothing deleted."
+        )
+        return
+    if report.deleted:
+        stdout.print(
+            f"Pruned {report.deleted_sent} sent, {report.deleted_rejected} rejected and "
+            f"{report.deleted_unsent} unsent readings: {escape(report.reason)}."
+        )
+    if report.deleted_unsent:
+        ranges = ", ".join(f"{first}-{last}" for first, last in report.unsent_ranges)
+        stdout.print(
+            f"[bold red]Dropped {report.deleted_unsent} readings that were never shipped "
+            f"(ids {ranges}).[/bold red]"
+        )
+    if report.vacuumed_bytes is not None:
+        if report.vacuumed_bytes:
+            stdout.print(f"Vacuumed: gave {_megabytes(report.vacuumed_bytes)} back to the disk.")
+        else:
+            stdout.print("Vacuum: nothing to give back.")
 
 
 @_command(app, "prune")
@@ -233,7 +579,17 @@ def prune(
     ] = False,
 ) -> None:
     """Run maintenance once: keep the database within its disk budget. Quiet when idle."""
-    raise _not_built("prune")
+    from nixlog import core, database
+
+    cfg = _load(config)
+    if not cfg.database.path.exists():
+        return  # nothing stored yet, so nothing to prune; cron stays quiet
+    conn = database.open_db(cfg.database.path, create=False)
+    try:
+        report = core.maintain(conn, cfg.database, dry_run=dry_run, vacuum=vacuum)
+    finally:
+        database.close(conn)
+    _render_prune(report)
 
 
 # --------------------------------------------------------------------------- daemon
@@ -242,10 +598,165 @@ def prune(
 @_command(app, "daemon")
 def daemon(config: ConfigOption = None) -> None:
     """Poll, store, ship and prune until SIGTERM or SIGINT (the systemd service)."""
-    raise _not_built("daemon")
+    cfg = _load(config)
+    from nixlog.daemon import run_daemon
+
+    if not _state.verbose:
+        # A service logs its start, stop and trouble; journald keeps it.
+        logging.getLogger("nixlog").setLevel(logging.INFO)
+    raise typer.Exit(run_daemon(cfg))
 
 
 # --------------------------------------------------------------------------- scan-registers
+
+
+def _scan_base_config(config: Path | None, port: str | None) -> Any:
+    """The config whose bus settings a scan starts from, or None to scan from options alone.
+
+    An explicit ``--config`` or ``$NIXLOG_CONFIG`` must load. A config merely found in the
+    default places is skipped with a note when ``--port`` is given and it does not load: a
+    technician drafting a config must not be stopped by the half-written one in the directory.
+    """
+    import os
+
+    from nixlog.config import ENV_CONFIG
+    from nixlog.errors import ConfigError
+
+    if config is not None or os.environ.get(ENV_CONFIG):
+        return _load(config).modbus
+    try:
+        path = resolve_config_path(None)
+    except ConfigError:
+        return None
+    try:
+        return load_config(path).modbus
+    except ConfigError as exc:
+        if port is None:
+            raise
+        _console(err=True).print(
+            f"Note: not using {escape(str(path))}: {escape(exc.message)}", soft_wrap=True
+        )
+        return None
+
+
+def _scan_cell(pair: list[Any], order: str, chosen: Any) -> str:
+    """int32/uint32/float32 of one byte order, plausible ones marked, the draft's in bold."""
+    if pair and all(item.value == 0 for item in pair):
+        return "[dim]0[/dim]"  # two zero words: every reading is 0, one line says it
+    lines = []
+    for item in pair:
+        if item.byte_order != order:
+            continue
+        shown = "nan/inf" if item.value is None else str(item.value)
+        label = {"int32": "i32", "uint32": "u32", "float32": "f32"}[item.type]
+        text = f"{label} {escape(shown)}"
+        if chosen is not None and (chosen.type, chosen.byte_order) == (item.type, order):
+            text = f"[bold green]{text} ✓[/bold green]"
+        elif item.plausible:
+            text = f"[green]{text} ✓[/green]"
+        else:
+            text = f"[dim]{text}[/dim]"
+        lines.append(text)
+    return "\n".join(lines)
+
+
+def _scan_tables(result: Any) -> list[Any]:
+    """Per unit and kind: every responding address in every interpretation."""
+    from nixlog.config import BIT_KINDS
+    from nixlog.scanner import BYTE_ORDERS_32, interpret_pair, to_int16
+
+    chosen = {(r.unit_id, r.kind, r.address): r for r in result.draft()}
+    covered = {
+        (r.unit_id, r.kind, r.address + 1): r
+        for r in chosen.values()
+        if r.type in ("int32", "uint32", "float32")
+    }
+    renderables: list[Any] = []
+    for unit in result.units:
+        for kind, scan in unit.kinds.items():
+            first, last = scan.start, scan.start + scan.count - 1
+            title = f"Unit {unit.unit_id} {kind} {first}-{last}: {len(scan.values)} responding"
+            if not scan.done:
+                title += " (scan incomplete)"
+            # A heading line, not a table title: a title wraps to the width of a narrow table.
+            renderables.append(f"[bold]{title}[/bold]")
+            table = Table(show_lines=kind not in BIT_KINDS)
+            if kind in BIT_KINDS:
+                for column in ("address", "value", "draft"):
+                    table.add_column(column)
+                for address in sorted(scan.values):
+                    draft = chosen.get((unit.unit_id, kind, address))
+                    table.add_row(
+                        str(address),
+                        "1 (on)" if scan.values[address] else "0 (off)",
+                        draft.name if draft else "",
+                    )
+            else:
+                for column in ("address", "hex", "uint16", "int16"):
+                    table.add_column(column, justify="right")
+                for order in BYTE_ORDERS_32:
+                    table.add_column(f"{order} (this+next)")
+                table.add_column("draft")
+                for address in sorted(scan.values):
+                    word = int(scan.values[address])
+                    following = scan.values.get(address + 1)
+                    pair = interpret_pair(word, int(following)) if following is not None else []
+                    key = (unit.unit_id, kind, address)
+                    draft = chosen.get(key)
+                    if draft is not None:
+                        draft_text = f"{draft.name} {draft.type}"
+                        if draft.type not in ("uint16", "int16"):
+                            draft_text += f" {draft.byte_order}"
+                        draft_text = f"[bold]{escape(draft_text)}[/bold] = {draft.value}"
+                    elif key in covered:
+                        draft_text = f"(part of {escape(covered[key].name)})"
+                    else:
+                        draft_text = ""
+                    table.add_row(
+                        str(address),
+                        f"0x{word:04X}",
+                        str(word),
+                        str(to_int16(word)),
+                        *(_scan_cell(pair, order, draft) for order in BYTE_ORDERS_32),
+                        draft_text,
+                    )
+            renderables.append(table)
+            for failure in scan.failures:
+                end = failure.start + failure.count - 1
+                renderables.append(
+                    f"[yellow]unit {unit.unit_id} {kind} {failure.start}-{end}: "
+                    f"{escape(failure.reason)}[/yellow]"
+                )
+    return renderables
+
+
+def _scan_summary(result: Any) -> str:
+    ids = ", ".join(str(unit.unit_id) for unit in result.units) or "none"
+    registers = sum(unit.register_count for unit in result.units)
+    state = " (interrupted)" if result.interrupted else ""
+    return (
+        f"Scan of {escape(result.port)}{state}: {len(result.units)} of "
+        f"{result.units_done} probed unit ids answered ({ids}); {registers} responding "
+        f"addresses; {result.requests} requests (one per register: "
+        f"{result.one_register_per_request}) in {result.elapsed_sec:.1f} s."
+    )
+
+
+def _scan_progress_bar(progress: Any) -> Any:
+    """An ``on_progress`` callback that drives one rich task per phase."""
+    tasks: dict[str, Any] = {}
+
+    def on_progress(event: Any) -> None:
+        if event.phase not in tasks:
+            tasks[event.phase] = progress.add_task(event.phase, total=event.total)
+        progress.update(
+            tasks[event.phase],
+            completed=event.done,
+            total=event.total,
+            description=f"{event.phase}: {escape(event.detail)}",
+        )
+
+    return on_progress
 
 
 @_command(app, "scan-registers")
@@ -277,7 +788,63 @@ def scan_registers(
     json_output: JsonOption = False,
 ) -> None:
     """Commissioning: find responding unit ids and registers, show every interpretation."""
-    raise _not_built("scan-registers")
+    import json
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from nixlog import scanner
+    from nixlog.errors import DeviceError
+    from nixlog.modbus_client import create_client
+
+    # Bad options are usage errors (exit 2) before any config is read or port opened.
+    unit_ids = scanner.parse_units(units)
+    kinds = scanner.parse_kinds(kind)
+    base = _scan_base_config(config, port)
+    modbus = scanner.bus_settings(
+        base, port=port, baudrate=baudrate, parity=parity, stopbits=stopbits, timeout=timeout
+    )
+    stderr = _console(err=True)
+    link = create_client(modbus)
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        console=stderr,
+        transient=True,
+        disable=not stderr.is_terminal,
+    )
+    job = scanner.Scanner(
+        link, modbus, unit_ids, kinds, start, count, on_progress=_scan_progress_bar(progress)
+    )
+    try:
+        with progress:
+            job.run()
+    except KeyboardInterrupt:
+        # Ctrl-C ends the scan, not the command: what was found is still worth showing.
+        job.result.interrupted = True
+    finally:
+        link.close()
+    result = job.result
+    if json_output:
+        typer.echo(json.dumps(scanner.result_as_dict(result), ensure_ascii=False))
+    else:
+        stdout = _console()
+        for renderable in _scan_tables(result):
+            stdout.print(renderable)
+        stdout.print(_scan_summary(result), soft_wrap=True)
+    if output is not None and (result.draft() or not result.interrupted):
+        text = scanner.draft_toml(result, modbus)
+        scanner.write_draft(output, text)
+        stderr.print(
+            f"Wrote {len(result.draft())} registers to {escape(str(output))}; check it with "
+            f"`nixlog config check -c {escape(str(output))}`.",
+            soft_wrap=True,
+        )
+    if result.interrupted:
+        typer.echo("Interrupted.", err=True)
+        raise typer.Exit(EXIT_INTERRUPTED)
+    if result.link_error is not None:
+        raise DeviceError(result.link_error)
 
 
 # --------------------------------------------------------------------------- export
@@ -302,16 +869,143 @@ def export(
     ] = False,
 ) -> None:
     """Stream stored readings as CSV."""
-    raise _not_built("export")
+    from nixlog import database
+    from nixlog.export import export_csv, parse_when
+
+    # Bad --since/--until is a usage error (exit 2) even before the config is read.
+    since_at = parse_when(since, option="--since") if since is not None else None
+    until_at = parse_when(until, option="--until") if until is not None else None
+    cfg = _load(config)
+    names = [register.name for register in cfg.modbus.registers]
+    conn = database.open_db(cfg.database.path, create=False)
+    try:
+        if output is None:
+            try:
+                export_csv(
+                    conn, sys.stdout, names, since=since_at, until=until_at, unsent_only=unsent
+                )
+                sys.stdout.flush()
+            except BrokenPipeError:
+                _silence_stdout()  # `nixlog export | head` closed the pipe: not an error
+            return
+        span = database.id_span(conn)
+        _export_to_file(conn, output, names, since_at, until_at, unsent, span)
+    finally:
+        database.close(conn)
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so Python's exit flush does not hit the closed pipe again."""
+    import contextlib
+    import io
+    import os
+
+    # Not a real file descriptor (CliRunner): nothing to silence.
+    with contextlib.suppress(OSError, ValueError, io.UnsupportedOperation):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+
+
+def _export_to_file(
+    conn: Any,
+    output: Path,
+    names: list[str],
+    since_at: Any,
+    until_at: Any,
+    unsent: bool,
+    span: tuple[int, int] | None,
+) -> None:
+    """Write to ``output.part`` and rename at the end: no half file under the real name."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from nixlog.errors import UsageError
+    from nixlog.export import export_csv
+
+    partial = output.with_name(output.name + ".part")
+    first = span[0] if span else 0
+    total = (span[1] - span[0] + 1) if span else 0
+    progress = Progress(
+        TextColumn("exporting"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}%"),
+        TimeRemainingColumn(),
+        console=_console(err=True),
+        transient=True,
+    )
+    try:
+        handle = partial.open("w", encoding="utf-8", newline="")
+    except OSError as exc:
+        raise UsageError(f"--output: cannot write {output}: {exc.strerror}") from None
+    try:
+        with handle, progress:
+            task = progress.add_task("export", total=total or None)
+            rows = export_csv(
+                conn,
+                handle,
+                names,
+                since=since_at,
+                until=until_at,
+                unsent_only=unsent,
+                on_progress=lambda rid: progress.update(task, completed=rid - first + 1),
+            )
+        partial.replace(output)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    _console(err=True).print(f"Wrote {rows} readings to {escape(str(output))}.")
 
 
 # --------------------------------------------------------------------------- db stats
 
 
+def _render_db_stats(stats: Any) -> None:
+    """A two-column rich table of ``DbStats`` for a human."""
+    table = Table(title="nixlog database", show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value", overflow="fold")
+    rows = [
+        ("file", stats.path),
+        ("readings", str(stats.rows)),
+        ("unsent", str(stats.unsent)),
+        ("sent", str(stats.sent)),
+        ("rejected by the API", str(stats.rejected)),
+        ("oldest", stats.oldest or "-"),
+        ("newest", stats.newest or "-"),
+        ("oldest unsent", stats.oldest_unsent or "-"),
+        ("file size (with WAL)", _megabytes(stats.db_bytes)),
+        ("reusable free pages", _megabytes(stats.free_pages_bytes)),
+        ("free disk", _megabytes(stats.free_disk_bytes)),
+        ("last successful publish", stats.last_publish or "never"),
+        (
+            "pruned so far",
+            f"{stats.pruned_sent} sent, {stats.pruned_rejected} rejected, "
+            f"{stats.pruned_unsent} unsent",
+        ),
+        ("epoch", stats.epoch),
+    ]
+    for name, value in rows:
+        table.add_row(name, escape(value))
+    _console().print(table)
+
+
 @_command(db_app, "stats")
 def db_stats(config: ConfigOption = None, json_output: JsonOption = False) -> None:
     """Rows, backlog, oldest and newest reading, file size, free space, last publish."""
-    raise _not_built("db stats")
+    import json
+
+    from nixlog import database
+
+    cfg = _load(config)
+    # Safe next to a running daemon: WAL readers never block its writer (nor the reverse).
+    conn = database.open_db(cfg.database.path, create=False)
+    try:
+        result = database.stats(conn)
+    finally:
+        database.close(conn)
+    if json_output:
+        typer.echo(json.dumps(result.as_dict()))
+    else:
+        _render_db_stats(result)
 
 
 # --------------------------------------------------------------------------- simulate
@@ -326,10 +1020,62 @@ def simulate(
     ] = "tcp://127.0.0.1:5020",
 ) -> None:
     """Serve a simulated device for the configured (or the example) register map."""
-    raise _not_built("simulate")
+    from nixlog import simulator
+    from nixlog.errors import ConfigError
+
+    registers: Any = simulator.EXAMPLE_REGISTERS
+    modbus = None
+    source = "the example map"
+    try:
+        config_path: Path | None = resolve_config_path(config)
+    except ConfigError:
+        config_path = None  # no config anywhere: serve the example map
+    if config_path is not None:
+        cfg = load_config(config_path)
+        registers, modbus, source = cfg.modbus.registers, cfg.modbus, str(cfg.path)
+    units = sorted({r.unit_id for r in registers})
+    stderr = _console(err=True)
+
+    def announce(address: str) -> None:
+        stderr.print(
+            f"Simulating {len(registers)} registers (unit {', '.join(map(str, units))}) "
+            f"from {escape(source)} on {escape(address)}; Ctrl-C to stop."
+        )
+
+    simulator.run_simulator(port, registers, modbus, on_ready=announce)
 
 
 # --------------------------------------------------------------------------- demo
+
+
+def _demo_dashboard(status: Any, seconds_left: float) -> Table:
+    """The live demo view: the belt's counters and the latest values."""
+    table = Table(title=f"nixlog demo — {max(0.0, seconds_left):.0f} s left (Ctrl-C ends it)")
+    table.add_column("station")
+    table.add_column("count", justify="right")
+    rate = status.polled / status.uptime_sec if status.uptime_sec > 0 else 0.0
+    table.add_row("polled", f"{status.polled} ({rate:.1f}/s)")
+    table.add_row("stored", str(status.stored))
+    table.add_row("shipped", str(status.shipped))
+    table.add_row("backlog", str(status.backlog))
+    for name, value in sorted(status.last_values.items()):
+        shown = f"{value:.3f}" if isinstance(value, float) else str(value)
+        table.add_row(f"  {escape(name)}", escape(shown))
+    for name, error in sorted(status.last_errors.items()):
+        table.add_row(f"  {escape(name)}", f"[red]{escape(error)}[/red]")
+    return table
+
+
+def _render_demo_summary(summary: Any, interrupted: bool) -> None:
+    out = _console()
+    stats = summary.stats
+    status = summary.status
+    out.print(
+        f"demo {'interrupted' if interrupted else 'finished'} after "
+        f"{status.uptime_sec:.0f} s: polled {status.polled}, stored {stats.rows}, "
+        f"shipped {stats.sent} (receiver counted {summary.received}, "
+        f"{summary.duplicates} duplicates), unsent {stats.unsent}, rejected {stats.rejected}"
+    )
 
 
 @_command(app, "demo")
@@ -339,7 +1085,27 @@ def demo(
     ] = 20,
 ) -> None:
     """Simulator + local receiver + daemon on a temporary database, with a live dashboard."""
-    raise _not_built("demo")
+    import time
+
+    from rich.live import Live
+
+    from nixlog.demo import DemoRig
+
+    console = _console(err=True)
+    with DemoRig() as rig:
+        daemon = rig.start()
+        deadline = time.monotonic() + seconds
+        interrupted = False
+        try:
+            with Live(console=console, refresh_per_second=4, transient=False) as live:
+                while time.monotonic() < deadline and daemon.running:
+                    live.update(_demo_dashboard(daemon.status(), deadline - time.monotonic()))
+                    time.sleep(0.25)
+                live.update(_demo_dashboard(daemon.status(), 0.0))
+        except KeyboardInterrupt:
+            interrupted = True
+        summary = rig.finish()
+    _render_demo_summary(summary, interrupted)
 
 
 def main() -> None:

@@ -6,12 +6,676 @@ functions once; the daemon's two loops call the very same functions forever.
 
 from __future__ import annotations
 
+import logging
+import math
+import random
+import sqlite3
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Protocol
+
+from nixlog.config import Config, RegisterConfig
+from nixlog.modbus_client import (
+    FAILURE_DISCONNECTED,
+    FAILURE_TIMEOUT,
+    ModbusReadError,
+    ReadLink,
+    RequestResult,
+    create_client,
+    read_request,
+)
+from nixlog.model import Reading, StoredReading, Value
+from nixlog.registers import (
+    ReadRequest,
+    decode,
+    plan_for_config,
+    plan_requests,
+    split_at_gaps,
+)
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from nixlog.api_client import PublishResult
+    from nixlog.config import DatabaseConfig
+    from nixlog.database import PruneReport
+
 # ============================================================== station 1: poll (poll issue)
+
+poll_log = logging.getLogger("nixlog.poll")
+
+UNIT_BACKOFF_BASE_SEC = 1.0
+UNIT_BACKOFF_CAP_SEC = 60.0
+CONNECT_BACKOFF_BASE_SEC = 0.5
+CONNECT_BACKOFF_CAP_SEC = 30.0
+UNIT_SILENT_GRACE = 1
+"""Silent cycles a unit is forgiven before it is backed off (one lost answer is noise)."""
+
+
+def utc_timestamp(now: datetime | None = None) -> str:
+    """UTC ISO 8601 with microseconds: ``2026-11-26T16:00:00.123456+00:00``."""
+    moment = datetime.now(UTC) if now is None else now.astimezone(UTC)
+    return moment.isoformat(timespec="microseconds")
+
+
+@dataclass
+class PollStats:
+    """Counters of a poller since it started (the daemon reports them)."""
+
+    cycles: int = 0
+    failed_cycles: int = 0  # every register failed: no reading stored, still counted
+    skipped_slots: int = 0  # schedule slots dropped after an overrun (run_poll_loop)
+    requests: int = 0
+    failed_requests: int = 0
+    skipped_requests: int = 0  # not sent: unit backed off or link down
+    reconnects: int = 0
+    last_cycle_sec: float = 0.0
+
+
+class Poller:
+    """Station 1: reads the register plan once per ``poll_once`` and decodes one reading.
+
+    Holds the link, the plan, per-unit backoff (a unit that stays silent is skipped for
+    growing intervals, capped, while other units keep being read) and connection backoff (a
+    lost port is reopened with capped backoff; the poller never raises for device trouble).
+    ``clock`` is monotonic seconds; ``wall_clock`` gives the reading's UTC time.
+    """
+
+    def __init__(
+        self,
+        link: ReadLink,
+        registers: Sequence[RegisterConfig],
+        plan: Sequence[ReadRequest] | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        unit_backoff: tuple[float, float] = (UNIT_BACKOFF_BASE_SEC, UNIT_BACKOFF_CAP_SEC),
+        connect_backoff: tuple[float, float] = (
+            CONNECT_BACKOFF_BASE_SEC,
+            CONNECT_BACKOFF_CAP_SEC,
+        ),
+    ) -> None:
+        self.link = link
+        self.registers = tuple(registers)
+        self.plan: list[ReadRequest] = list(
+            plan_requests(self.registers) if plan is None else plan
+        )
+        self.clock = clock
+        self.wall_clock = wall_clock
+        self.stats = PollStats()
+        self.last_cycle: Reading | None = None
+        self._unit_backoff_limits = unit_backoff
+        self._unit_backoff: dict[int, Backoff] = {}
+        self._unit_silent: dict[int, int] = {}
+        base, cap = connect_backoff
+        self._connect_backoff = Backoff(base=base, cap=cap, clock=clock)
+        self._link_error = "disconnected"
+        self._ever_connected = False
+        self.last_link_error: str | None = None
+
+    # ------------------------------------------------------------------ state
+
+    def unit_backed_off(self, unit_id: int) -> bool:
+        """True while ``unit_id`` is being skipped after staying silent."""
+        backoff = self._unit_backoff.get(unit_id)
+        return backoff is not None and not backoff.ready()
+
+    def close(self) -> None:
+        """Close the link."""
+        self.link.close()
+
+    # ------------------------------------------------------------------ one cycle
+
+    def poll_once(self) -> Reading | None:
+        """Read the whole plan once; the reading, or None when every register failed.
+
+        A failed register is absent from ``values`` and present in ``errors``. ``last_cycle``
+        holds the cycle's reading even when it is None here (for display). Never raises for
+        device or link trouble.
+        """
+        started = self.clock()
+        self.stats.cycles += 1
+        timestamp: str | None = None
+        decoded: dict[str, Value] = {}
+        errors: dict[str, str] = {}
+        if not self._ensure_connected():
+            for register in self.registers:
+                errors[register.name] = self._link_error
+            self.stats.skipped_requests += len(self.plan)
+        else:
+            timestamp = self._read_plan(decoded, errors)
+        if timestamp is None:
+            timestamp = utc_timestamp(self.wall_clock())
+        values = {r.name: decoded[r.name] for r in self.registers if r.name in decoded}
+        ordered_errors = {r.name: errors[r.name] for r in self.registers if r.name in errors}
+        reading = Reading(timestamp=timestamp, values=values, errors=ordered_errors)
+        self.last_cycle = reading
+        self.stats.last_cycle_sec = self.clock() - started
+        if not values:
+            self.stats.failed_cycles += 1
+            return None
+        return reading
+
+    def _ensure_connected(self) -> bool:
+        if self.link.connected:
+            return True
+        if not self._connect_backoff.ready():
+            return False
+        try:
+            self.link.connect()
+        except ModbusReadError as exc:
+            delay = self._connect_backoff.failure()
+            self.last_link_error = exc.message
+            if self._connect_backoff.failures == 1 or delay >= CONNECT_BACKOFF_CAP_SEC / 2:
+                poll_log.warning("%s; retrying in %.1f s", exc.message, delay)
+            return False
+        if self._ever_connected:
+            self.stats.reconnects += 1
+            poll_log.warning("reconnected to %s", self.link.description)
+        self._ever_connected = True
+        self._connect_backoff.success()
+        self.last_link_error = None
+        return True
+
+    def _read_plan(self, decoded: dict[str, Value], errors: dict[str, str]) -> str | None:
+        """Run the plan; fill ``decoded``/``errors``; the time the first request was sent."""
+        timestamp: str | None = None
+        silent: set[int] = set()
+        answered: set[int] = set()
+        link_lost = False
+        queue = deque(self.plan)
+        while queue:
+            request = queue.popleft()
+            unit = request.unit_id
+            skip_reason: str | None = None
+            if link_lost:
+                skip_reason = "disconnected"
+            elif unit in silent or (self.unit_backed_off(unit) and unit not in answered):
+                skip_reason = f"skipped: unit {unit} not responding"
+            if skip_reason is not None:
+                self.stats.skipped_requests += 1
+                for register in request.registers:
+                    errors[register.name] = skip_reason
+                continue
+            if timestamp is None:
+                timestamp = utc_timestamp(self.wall_clock())
+            result = self._read(request)
+            if result.values is not None:
+                answered.add(unit)
+                self._decode(request, result.values, decoded, errors)
+                continue
+            self.stats.failed_requests += 1
+            if result.failure == FAILURE_DISCONNECTED:
+                link_lost = True
+                self.last_link_error = f"lost connection to {self.link.description}"
+                poll_log.warning("%s; reconnecting", self.last_link_error)
+            elif result.failure == FAILURE_TIMEOUT:
+                silent.add(unit)
+            else:
+                answered.add(unit)  # an exception or a garbled answer: someone is there
+                if result.exception_code == 2 and request.bridged:
+                    parts = self._split(request)
+                    if len(parts) > 1:
+                        queue.extendleft(reversed(parts))
+                        continue
+            for register in request.registers:
+                errors[register.name] = result.error or "failed"
+        self._update_unit_backoff(silent - answered, answered)
+        return timestamp
+
+    def _read(self, request: ReadRequest) -> RequestResult:
+        self.stats.requests += 1
+        try:
+            return read_request(self.link, request)
+        except Exception as exc:
+            # A bug in a library must not kill the poller of an unattended logger: record it
+            # with its traceback and keep polling the rest.
+            poll_log.exception("unexpected error reading %s", request.describe())
+            return RequestResult(request, error=f"internal error: {type(exc).__name__}")
+
+    def _decode(
+        self,
+        request: ReadRequest,
+        raw: list[int] | list[bool],
+        decoded: dict[str, Value],
+        errors: dict[str, str],
+    ) -> None:
+        for register in request.registers:
+            try:
+                value = decode(register, request.slice_for(register, raw))
+            except ValueError as exc:
+                errors[register.name] = f"invalid value ({exc})"
+                continue
+            if isinstance(value, float) and not math.isfinite(value):
+                # NaN/inf is a sensor fault, and JSON cannot carry it to the API.
+                errors[register.name] = f"not a number ({value})"
+                continue
+            decoded[register.name] = value
+
+    def _split(self, request: ReadRequest) -> list[ReadRequest]:
+        """Stop bridging gaps for a device that refuses reads of unused addresses."""
+        parts = split_at_gaps(request)
+        if len(parts) > 1:
+            index = self.plan.index(request)
+            self.plan[index : index + 1] = parts
+            poll_log.warning(
+                "%s refused (exception 2): reading it as %d requests without gaps from now on",
+                request.describe(),
+                len(parts),
+            )
+        return parts
+
+    def _update_unit_backoff(self, silent: set[int], answered: set[int]) -> None:
+        for unit in answered:
+            if self._unit_silent.pop(unit, 0) > UNIT_SILENT_GRACE:
+                poll_log.warning("unit %d answers again", unit)
+            backoff = self._unit_backoff.get(unit)
+            if backoff is not None:
+                backoff.success()
+        for unit in silent:
+            count = self._unit_silent.get(unit, 0) + 1
+            self._unit_silent[unit] = count
+            if count <= UNIT_SILENT_GRACE:
+                continue
+            backoff = self._unit_backoff.get(unit)
+            if backoff is None:
+                base, cap = self._unit_backoff_limits
+                backoff = self._unit_backoff[unit] = Backoff(base=base, cap=cap, clock=self.clock)
+            delay = backoff.failure()
+            if backoff.failures == 1:
+                poll_log.warning(
+                    "unit %d does not answer; skipping it, next try in %.1f s", unit, delay
+                )
+
+
+def build_poller(config: Config, link: ReadLink | None = None) -> Poller:
+    """A poller for the configured bus and map (the link is created, not yet opened)."""
+    plan = plan_for_config(config)
+    if link is None:
+        link = create_client(config.modbus)
+    return Poller(link, config.modbus.registers, plan)
+
+
+def run_poll_loop(
+    poller: Poller,
+    on_reading: Callable[[Reading], None],
+    stop: threading.Event,
+    rate_hz: float,
+    clock: Callable[[], float] = time.monotonic,
+    *,
+    wait: Callable[[float], object] | None = None,
+    on_cycle: Callable[[Reading], None] | None = None,
+    max_cycles: int | None = None,
+) -> None:
+    """Poll at ``rate_hz`` on monotonic deadlines until ``stop`` is set (or ``max_cycles``).
+
+    Deadlines are ``start + n / rate_hz``: no drift. A cycle that overruns makes the loop
+    skip (and count in ``poller.stats.skipped_slots``) every slot whose deadline is more than
+    half a period gone, so it never bursts to catch up. Sleeps with ``stop.wait`` (``wait``
+    for tests), so it stops within one period. ``on_reading`` gets each reading that has
+    values; ``on_cycle`` gets every cycle's reading, even one where all registers failed.
+    """
+    period = 1.0 / rate_hz
+    sleep = wait if wait is not None else stop.wait
+    deadline = clock()
+    cycles = 0
+    while not stop.is_set():
+        reading = poller.poll_once()
+        cycles += 1
+        if reading is not None:
+            on_reading(reading)
+        if on_cycle is not None and poller.last_cycle is not None:
+            on_cycle(poller.last_cycle)
+        if max_cycles is not None and cycles >= max_cycles:
+            return
+        deadline += period
+        late = clock() - deadline
+        if late > period / 2:
+            missed = math.ceil((late - period / 2) / period)
+            poller.stats.skipped_slots += missed
+            deadline += missed * period
+        sleep(max(0.0, deadline - clock()))
 
 # ============================================================== station 2: store (warehouse)
 
+store_log = logging.getLogger("nixlog.store")
+
+MAX_PENDING_BATCHES = 100
+"""A bin that cannot be written (disk trouble) keeps at most this many batches in memory."""
+
+
+class ReadingBin:
+    """Polled readings held in memory until a whole batch is written in one transaction.
+
+    Due when it holds ``batch_size`` readings, or when its oldest reading has waited
+    ``flush_interval_sec`` (on the injected monotonic ``clock``). While the database cannot
+    be written, readings stay here, up to ``MAX_PENDING_BATCHES`` batches; beyond that the
+    oldest are dropped and counted in ``dropped`` (memory must not grow forever).
+    """
+
+    def __init__(
+        self,
+        batch_size: int,
+        flush_interval_sec: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if batch_size < 1 or flush_interval_sec <= 0:
+            raise ValueError(
+                f"need batch_size >= 1 and flush_interval_sec > 0, "
+                f"got {batch_size} and {flush_interval_sec}"
+            )
+        self.batch_size = batch_size
+        self.flush_interval_sec = flush_interval_sec
+        self.clock = clock
+        self.dropped = 0
+        self._items: list[Reading] = []
+        self._oldest_at: float | None = None
+
+    def add(self, reading: Reading) -> None:
+        """Keep one reading; start the flush-interval clock if the bin was empty."""
+        if not self._items:
+            self._oldest_at = self.clock()
+        self._items.append(reading)
+        excess = len(self._items) - self.batch_size * MAX_PENDING_BATCHES
+        if excess > 0:
+            del self._items[:excess]
+            # Log the first loss and then every 1000th, not once per poll cycle.
+            if self.dropped % 1000 == 0:
+                store_log.error(
+                    "database not writable: dropping oldest unsaved readings "
+                    "(%d so far, %d held in memory)",
+                    self.dropped + excess,
+                    len(self._items),
+                )
+            self.dropped += excess
+
+    def is_due(self) -> bool:
+        """True when the bin is full or its oldest reading has waited the flush interval."""
+        if not self._items:
+            return False
+        return len(self._items) >= self.batch_size or self.seconds_until_due() <= 0
+
+    def seconds_until_due(self) -> float:
+        """Seconds until the flush interval expires (inf when empty, 0 when due)."""
+        if self._oldest_at is None:
+            return math.inf
+        if len(self._items) >= self.batch_size:
+            return 0.0
+        return max(0.0, self._oldest_at + self.flush_interval_sec - self.clock())
+
+    def peek(self) -> list[Reading]:
+        """A copy of the readings held, oldest first (the bin keeps them)."""
+        return list(self._items)
+
+    def drain(self) -> list[Reading]:
+        """Take every reading out, oldest first; the bin is empty afterwards."""
+        items, self._items, self._oldest_at = self._items, [], None
+        return items
+
+    def discard(self, count: int) -> None:
+        """Forget the ``count`` oldest readings (they were written)."""
+        del self._items[:count]
+        if not self._items:
+            self._oldest_at = None
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+def flush(conn: sqlite3.Connection, device_id: str, reading_bin: ReadingBin) -> int:
+    """Write everything in the bin in one transaction; return how many readings were written.
+
+    An empty bin writes nothing. The readings leave the bin only once the transaction has
+    committed: if the write fails (``DatabaseError``) they stay for the next attempt.
+    Call it when ``is_due()``, and on shutdown or Ctrl-C whatever the bin holds.
+    """
+    from nixlog import database
+
+    pending = reading_bin.peek()
+    if not pending:
+        return 0
+    database.batch_insert_readings(conn, device_id, pending)
+    reading_bin.discard(len(pending))
+    return len(pending)
+
+
 # ============================================================== station 3: ship (shipping)
 
+ship_log = logging.getLogger("nixlog.ship")
+
+BACKOFF_BASE_SEC = 1.0
+BACKOFF_CAP_SEC = 300.0
+
+
+class Backoff:
+    """Capped exponential backoff with jitter; pure (injected clock and random source).
+
+    After the n-th consecutive failure the next attempt waits a random time in
+    ``[d/2, d]`` with ``d = min(cap, base * 2**(n-1))`` — never near zero, so a dead peer
+    is not hammered — or the server's ``Retry-After`` when that is longer. ``next_attempt_at``
+    (on ``clock``'s scale) is the earliest moment a request may be made; ``success()`` resets.
+    """
+
+    def __init__(
+        self,
+        *,
+        base: float = BACKOFF_BASE_SEC,
+        cap: float = BACKOFF_CAP_SEC,
+        clock: Callable[[], float] = time.monotonic,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        if base <= 0 or cap < base:
+            raise ValueError(f"need 0 < base <= cap, got base={base}, cap={cap}")
+        self.base = base
+        self.cap = cap
+        self.clock = clock
+        self.rand = rand
+        self.failures = 0
+        self.next_attempt_at = -math.inf
+        self.last_delay = 0.0
+
+    def ready(self) -> bool:
+        """True when a request may be made now."""
+        return self.clock() >= self.next_attempt_at
+
+    def remaining(self) -> float:
+        """Seconds until a request may be made (0 when ready)."""
+        return max(0.0, self.next_attempt_at - self.clock())
+
+    def failure(self, retry_after: float | None = None) -> float:
+        """Record a failure; return the delay chosen and move ``next_attempt_at``."""
+        self.failures += 1
+        # The exponent is bounded so that years of outage cannot overflow a float.
+        ceiling = min(self.cap, self.base * 2.0 ** min(self.failures - 1, 64))
+        delay = ceiling / 2 + self.rand() * ceiling / 2
+        if retry_after is not None:
+            delay = max(delay, retry_after)
+        self.last_delay = delay
+        self.next_attempt_at = self.clock() + delay
+        return delay
+
+    def success(self) -> None:
+        """Record a success: the next failure starts again from ``base``."""
+        self.failures = 0
+        self.last_delay = 0.0
+        self.next_attempt_at = -math.inf
+
+
+@dataclass
+class PublishSummary:
+    """What one ``publish_pending`` call did.
+
+    ``failure`` is the result that stopped it (temporary, auth or endpoint), None when it
+    stopped because it caught up, was asked to stop, or sent its one batch. ``retry_at`` is
+    the backoff's earliest next attempt (monotonic clock) after a failure or while deferred.
+    """
+
+    delivered: int = 0
+    rejected: int = 0
+    batches: int = 0
+    requests: int = 0
+    caught_up: bool = False
+    deferred: bool = False
+    failure: PublishResult | None = None
+    retry_at: float | None = None
+    rejected_ids: list[int] = field(default_factory=list)
+
+
+class Shipper(Protocol):
+    """What ``publish_pending`` needs from ``api_client.ApiClient`` (tests may pass a fake)."""
+
+    def publish_data(self, rows: Sequence[StoredReading]) -> PublishResult:
+        """Post one batch and classify the answer; never raises for network trouble."""
+        ...
+
+
+def publish_pending(
+    conn: sqlite3.Connection,
+    api_client: Shipper,
+    *,
+    batch_size: int,
+    stop: threading.Event | None = None,
+    once: bool = False,
+    on_progress: Callable[[int], None] | None = None,
+    backoff: Backoff | None = None,
+) -> PublishSummary:
+    """Ship unsent readings oldest first until caught up, stopped, or the first failure.
+
+    Full batches go back to back while a backlog exists (a week of backlog drains in
+    minutes, not a week). A batch the API refuses in part (4xx) or finds too large (413) is
+    bisected: the readings it refuses alone are marked rejected, the rest delivered. A
+    temporary failure (network, timeout, 408/429/5xx), a key problem (401/403) or a wrong
+    endpoint (404/405/501...) stops the call with nothing of that batch marked: the caller
+    sleeps (``backoff.remaining()``) and calls again. With ``backoff``, a call made before
+    ``backoff.next_attempt_at`` sends nothing (``deferred``), and the outcome updates it.
+    ``on_progress(n)`` is called with the number of readings settled after each batch.
+    """
+    from nixlog import database
+
+    summary = PublishSummary()
+    if backoff is not None and not backoff.ready():
+        summary.deferred = True
+        summary.retry_at = backoff.next_attempt_at
+        return summary
+    while stop is None or not stop.is_set():
+        rows = database.get_unsent_readings(conn, batch_size)
+        if not rows:
+            summary.caught_up = True
+            break
+        summary.batches += 1
+        settled = _Settled()
+        complete = _ship_rows(api_client, rows, settled, summary)
+        # Rejected first, then sent: storage may keep "sent" as a high-water mark, and the
+        # bisection settles readings strictly in id order, so what is settled is a prefix.
+        if settled.rejected:
+            database.mark_readings_rejected(conn, settled.rejected)
+        if settled.delivered:
+            database.mark_readings_as_sent(conn, settled.delivered)
+        summary.delivered += len(settled.delivered)
+        summary.rejected += len(settled.rejected)
+        summary.rejected_ids.extend(settled.rejected)
+        if on_progress is not None and (settled.delivered or settled.rejected):
+            on_progress(len(settled.delivered) + len(settled.rejected))
+        if not complete or once:
+            break
+    if once and summary.failure is None and not summary.caught_up:
+        summary.caught_up = database.count_unsent(conn) == 0
+    if summary.delivered:
+        database.record_publish(conn, datetime.now(UTC).isoformat())
+    _after_publish(summary, backoff)
+    return summary
+
+
+@dataclass
+class _Settled:
+    delivered: list[int] = field(default_factory=list)
+    rejected: list[int] = field(default_factory=list)
+
+
+def _ship_rows(
+    client: Shipper, rows: Sequence[StoredReading], settled: _Settled, summary: PublishSummary
+) -> bool:
+    """Send ``rows``, bisecting on 4xx/413; False when a failure means: stop for now."""
+    result = client.publish_data(rows)
+    summary.requests += 1
+    if result.kind == "delivered":
+        settled.delivered.extend(row.id for row in rows)
+        return True
+    if result.kind in ("refused", "too_large"):
+        if len(rows) == 1:
+            # A single reading the API refuses (or that alone is too large) can never be
+            # delivered: keep it for export, never resend it, never let it block the queue.
+            ship_log.warning(
+                "the API refused reading %d (%s); marked rejected, kept for export",
+                rows[0].id,
+                result.detail,
+            )
+            settled.rejected.append(rows[0].id)
+            return True
+        middle = len(rows) // 2
+        return _ship_rows(client, rows[:middle], settled, summary) and _ship_rows(
+            client, rows[middle:], settled, summary
+        )
+    summary.failure = result
+    return False
+
+
+def _after_publish(summary: PublishSummary, backoff: Backoff | None) -> None:
+    """Log the failure that stopped a publish and move the backoff."""
+    failure = summary.failure
+    if backoff is not None:
+        if failure is not None:
+            backoff.failure(failure.retry_after)
+            summary.retry_at = backoff.next_attempt_at
+        elif summary.requests:
+            backoff.success()
+    if failure is None:
+        return
+    wait = f"; next attempt in {backoff.last_delay:.0f} s" if backoff is not None else ""
+    if failure.kind == "auth":
+        ship_log.error(
+            "THE API REFUSED THE KEY (%s): check api.api_key; readings are kept%s",
+            failure.detail,
+            wait,
+        )
+    elif failure.kind == "endpoint":
+        ship_log.error(
+            "the API endpoint does not accept batches (%s): check api.endpoint; "
+            "readings are kept%s",
+            failure.detail,
+            wait,
+        )
+    else:
+        ship_log.warning("publishing failed: %s; readings are kept%s", failure.detail, wait)
+
 # ============================================================== station 4: maintain (warehouse)
+
+
+def maintain(
+    conn: sqlite3.Connection,
+    database_config: DatabaseConfig,
+    dry_run: bool = False,
+    *,
+    vacuum: bool = False,
+    free_disk: Callable[[Path], int] | None = None,
+) -> PruneReport:
+    """One maintenance pass: prune oldest (sent → rejected → unsent) back within budget.
+
+    ``vacuum`` also shrinks the file afterwards (on request only: it needs free room of
+    twice the live size). ``free_disk`` replaces the filesystem measurement in tests.
+    """
+    from nixlog import database
+
+    measure = database.free_disk_bytes if free_disk is None else free_disk
+    report = database.prune_database(conn, database_config, dry_run=dry_run, free_disk=measure)
+    if vacuum and not dry_run:
+        reclaimed = database.vacuum_database(conn, free_disk=measure)
+        report = replace(report, vacuumed_bytes=reclaimed)
+    return report
+
 
 # ============================================================== loops (daemon issue)

@@ -65,7 +65,10 @@ def _imported_modules(*args: str) -> str:
     """Run `python -X importtime -m nixlog ARGS` and return its import log."""
     done = subprocess.run(
         [sys.executable, "-X", "importtime", "-m", "nixlog", *args],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stderr

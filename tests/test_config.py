@@ -67,23 +67,46 @@ def test_defaults_of_every_key(tmp_path: Path) -> None:
     assert cfg.database.flush_interval_sec == 10.0
     m = cfg.modbus
     assert (m.port, m.baudrate, m.parity, m.stopbits, m.bytesize) == (
-        "/dev/ttyUSB0", 9600, "N", 1, 8)
+        "/dev/ttyUSB0",
+        9600,
+        "N",
+        1,
+        8,
+    )
     assert (m.unit_id, m.timeout_sec, m.retries, m.poll_rate_hz, m.batch_size) == (
-        1, 1.0, 1, 10.0, 100)
+        1,
+        1.0,
+        1,
+        10.0,
+        100,
+    )
     assert m.max_registers_per_request == 125
     assert m.request_gap_ms == 0.0
     assert not m.is_tcp
     (reg,) = m.registers
     assert (reg.name, reg.address, reg.kind, reg.type, reg.byte_order) == (
-        "v", 0, "holding", "uint16", "ABCD")
+        "v",
+        0,
+        "holding",
+        "uint16",
+        "ABCD",
+    )
     assert (reg.scale, reg.offset, reg.unit_id, reg.length, reg.bit, reg.units) == (
-        1.0, 0.0, 1, None, None, None)
+        1.0,
+        0.0,
+        1,
+        None,
+        None,
+        None,
+    )
     assert cfg.api is None
 
 
 def test_register_defaults_follow_kind_and_unit(tmp_path: Path) -> None:
     """Coils default to bool; a register inherits modbus.unit_id unless it sets its own."""
-    cfg = load_text(tmp_path, """
+    cfg = load_text(
+        tmp_path,
+        """
 [modbus]
 port = "tcp://10.0.0.5"
 unit_id = 7
@@ -95,7 +118,8 @@ kind = "coil"
 name = "other_unit"
 address = 0
 unit_id = 2
-""")
+""",
+    )
     breaker, other = cfg.modbus.registers
     assert (breaker.type, breaker.unit_id, breaker.count) == ("bool", 7, 1)
     assert other.unit_id == 2
@@ -106,7 +130,9 @@ def test_every_key_is_read(tmp_path: Path) -> None:
     """Every key of every section is accepted and lands in its dataclass field."""
     ca = tmp_path / "ca.pem"
     ca.write_text("pem", encoding="utf-8")
-    cfg = load_text(tmp_path, f"""
+    cfg = load_text(
+        tmp_path,
+        """
 [device]
 id = "plant7-logger"
 [database]
@@ -157,18 +183,27 @@ batch_size = 250
 timeout_sec = 5
 gzip = true
 ca_file = "ca.pem"
-""")
+""",
+    )
     assert cfg.device.id == "plant7-logger"
     assert cfg.database.path == tmp_path / "data/x.db"
-    assert (cfg.database.storage_limit_gb, cfg.database.max_db_mb,
-            cfg.database.flush_interval_sec) == (0.5, 64.0, 3.0)
+    assert (
+        cfg.database.storage_limit_gb,
+        cfg.database.max_db_mb,
+        cfg.database.flush_interval_sec,
+    ) == (0.5, 64.0, 3.0)
     m = cfg.modbus
     assert (m.baudrate, m.parity, m.stopbits, m.bytesize, m.unit_id) == (19200, "E", 2, 7, 4)
     assert (m.timeout_sec, m.retries, m.poll_rate_hz, m.batch_size) == (0.25, 0, 2.5, 50)
     assert (m.max_registers_per_request, m.request_gap_ms) == (60, 5.0)
     serial, flag, energy = m.registers
     assert (serial.type, serial.length, serial.count, serial.unit_id, serial.units) == (
-        "string", 4, 4, 9, "text")
+        "string",
+        4,
+        4,
+        9,
+        "text",
+    )
     assert (flag.bit, flag.unit_id, flag.count) == (15, 4, 1)
     assert (energy.count, energy.scale, energy.offset, energy.byte_order) == (4, 0.5, -1.0, "DCBA")
     api = cfg.require_api()
@@ -179,16 +214,23 @@ ca_file = "ca.pem"
 
 def test_bits_of_a_status_word_may_share_its_register(tmp_path: Path) -> None:
     """A word and its flag bits may share an address; the same bit twice is refused."""
-    base = MINIMAL + '[[modbus.registers_to_read]]\nname = "b3"\naddress = 0\ntype = "bool"\nbit = 3\n'
+    base = (
+        MINIMAL + '[[modbus.registers_to_read]]\nname = "b3"\naddress = 0\ntype = "bool"\nbit = 3\n'
+    )
     assert len(load_text(tmp_path, base).modbus.registers) == 2
-    twice = base + '[[modbus.registers_to_read]]\nname = "b3again"\naddress = 0\ntype = "bool"\nbit = 3\n'
+    twice = (
+        base
+        + '[[modbus.registers_to_read]]\nname = "b3again"\naddress = 0\ntype = "bool"\nbit = 3\n'
+    )
     with pytest.raises(ConfigError, match=r"registers_to_read\[2\]\.address: .*overlaps \"b3\""):
         load_text(tmp_path, twice)
 
 
 def test_same_address_on_other_unit_or_kind_is_fine(tmp_path: Path) -> None:
-    """Overlap is per unit and kind: address 0 of unit 2, or of the input table, is another value."""
-    text = MINIMAL + """
+    """Overlap is per unit and kind: address 0 of unit 2 or of the input table is another value."""
+    text = (
+        MINIMAL
+        + """
 [[modbus.registers_to_read]]
 name = "v_unit2"
 address = 0
@@ -198,6 +240,7 @@ name = "v_input"
 address = 0
 kind = "input"
 """
+    )
     assert len(load_text(tmp_path, text).modbus.registers) == 3
 
 
@@ -232,8 +275,9 @@ class TestPathResolution:
         chosen = tmp_path / "a.toml"
         assert resolve_config_path(chosen, {ENV_CONFIG: str(tmp_path / "b.toml")}) == chosen
 
-    def test_environment_wins_over_cwd(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-                                       ) -> None:
+    def test_environment_wins_over_cwd(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
         """$NIXLOG_CONFIG beats ./config.toml."""
         monkeypatch.chdir(tmp_path)
         write(tmp_path, MINIMAL)
@@ -245,8 +289,9 @@ class TestPathResolution:
         write(tmp_path, MINIMAL)
         assert resolve_config_path(None, {}) == Path("config.toml")
 
-    def test_etc_fallback_and_nothing_found(self, tmp_path: Path,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    def test_etc_fallback_and_nothing_found(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
         """/etc/nixlog/config.toml is last; when nothing exists the error lists where it looked."""
         monkeypatch.chdir(tmp_path)
         if Path("/etc/nixlog/config.toml").exists():
@@ -304,21 +349,30 @@ class TestApiKey:
     def test_secret_never_renders(self, tmp_path: Path) -> None:
         """repr/str/f-string of the config and its key never contain the key."""
         cfg = load_text(tmp_path, API + f'api_key = "{SECRET_KEY}"\n')
-        for text in (repr(cfg), str(cfg), f"{cfg.api}", repr(cfg.api), str(cfg.require_api().api_key)):
+        for text in (
+            repr(cfg),
+            str(cfg),
+            f"{cfg.api}",
+            repr(cfg.api),
+            str(cfg.require_api().api_key),
+        ):
             assert SECRET_KEY not in text
 
     def test_cli_output_never_shows_key(self, tmp_path: Path) -> None:
         """config check (ok and failing) never prints the key, even with --verbose."""
         good = write(tmp_path, API + f'api_key = "{SECRET_KEY}"\n')
         bad = write(tmp_path, API + f'api_key = "{SECRET_KEY}"\ntimeout_sec = "x"\n', "bad.toml")
-        for args in (["config", "check", "-c", str(good)],
-                     ["--verbose", "config", "check", "-c", str(bad)]):
+        for args in (
+            ["config", "check", "-c", str(good)],
+            ["--verbose", "config", "check", "-c", str(bad)],
+        ):
             result = CliRunner().invoke(app, args)
             assert SECRET_KEY not in result.output
         assert result.exit_code == EXIT_CONFIG
 
-    def test_world_readable_file_with_key_warns(self, tmp_path: Path,
-                                                caplog: pytest.LogCaptureFixture) -> None:
+    def test_world_readable_file_with_key_warns(
+        self, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
         """A key inside a file others can read draws a warning naming the file and the fix."""
         path = write(tmp_path, API + f'api_key = "{SECRET_KEY}"\n')
         path.chmod(0o644)
@@ -328,8 +382,9 @@ class TestApiKey:
         assert "chmod 640" in caplog.text
         assert SECRET_KEY not in caplog.text
 
-    def test_private_file_does_not_warn(self, tmp_path: Path,
-                                        caplog: pytest.LogCaptureFixture) -> None:
+    def test_private_file_does_not_warn(
+        self, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
         """Mode 0600 draws no warning."""
         path = write(tmp_path, API + f'api_key = "{SECRET_KEY}"\n')
         with caplog.at_level(logging.WARNING, logger="nixlog.config"):

@@ -1,0 +1,296 @@
+"""Shipping adapter: the only module that imports httpx.
+
+``transform_for_api`` builds the JSON body of DESIGN §7 and is pure. ``ApiClient.publish_data``
+posts one batch and turns every answer and every httpx exception into a ``PublishResult`` whose
+``kind`` tells the shipping station what to do with the rows; it never raises for anything the
+network or the server can do.
+
+Status classes (DESIGN §7, with the cases the design leaves open decided here):
+
+- 2xx: ``delivered``.
+- network error, timeout, 408, 425, 429, 5xx except 501/505, anything unexpected (1xx):
+  ``temporary`` — keep the rows, retry later with backoff, honour ``Retry-After``.
+- 401, 403, 407: ``auth`` — the key is wrong or revoked; keep the rows, back off, log loudly.
+- 3xx, 404, 405, 406, 410, 411, 414, 415, 501, 505: ``endpoint`` — the URL, method or encoding
+  is wrong for this server. These say nothing about the readings, so bisecting would wrongly
+  reject the whole backlog: keep the rows and back off like ``auth``. 501 ("not implemented")
+  belongs here: the server does not implement POST on that URL.
+- 413: ``too_large`` — split the batch.
+- any other 4xx (400, 409, 422, ...): ``refused`` — bisect to find the readings the API refuses.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import gzip as gzip_module
+import json
+import math
+import ssl
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any, Final, Literal
+
+import httpx
+
+from nixlog import __version__
+from nixlog.config import ApiConfig
+from nixlog.errors import ConfigError
+from nixlog.model import StoredReading, Value
+
+ResultKind = Literal["delivered", "temporary", "auth", "endpoint", "too_large", "refused"]
+
+MAX_RETRY_AFTER_SEC: Final = 3600.0
+"""A ``Retry-After`` longer than an hour is taken as an hour: a typo on the server must not
+silence a logger for days."""
+
+_AUTH_STATUSES: Final = frozenset({401, 403, 407})
+_ENDPOINT_STATUSES: Final = frozenset({404, 405, 406, 410, 411, 414, 415, 501, 505})
+_TEMPORARY_4XX: Final = frozenset({408, 425, 429})
+_DETAIL_LIMIT: Final = 200
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    """What became of one POST: ``kind`` decides the rows' fate, the rest explains it.
+
+    ``retry_after`` is the server's ``Retry-After`` in seconds (already clamped) or None.
+    ``detail`` is one line for logs and errors; it never contains the API key.
+    """
+
+    kind: ResultKind
+    status: int | None = None
+    retry_after: float | None = None
+    detail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """True when the server acknowledged the batch (2xx)."""
+        return self.kind == "delivered"
+
+
+def reading_id(device_id: str, epoch: str, seq: int) -> str:
+    """The global id of a stored reading: stable across retries, unique across databases."""
+    return f"{device_id}-{epoch}-{seq}"
+
+
+def idempotency_key(device_id: str, epoch: str, rows: Sequence[StoredReading]) -> str:
+    """``<device_id>-<epoch>-<first seq>-<last seq>``: the same batch always gets the same key."""
+    if not rows:
+        raise ValueError("idempotency_key needs at least one reading")
+    return f"{device_id}-{epoch}-{rows[0].id}-{rows[-1].id}"
+
+
+def _json_safe(
+    values: Mapping[str, Value], errors: Mapping[str, str]
+) -> tuple[dict[str, Value], dict[str, str]]:
+    """Move non-finite floats (a sensor fault decoded as float) from values to errors.
+
+    JSON has no NaN or Infinity; sending them produces a body a strict server refuses, which
+    would get the reading rejected. As an error the fault stays visible and the reading ships.
+    """
+    clean: dict[str, Value] = {}
+    extra: dict[str, str] = dict(errors)
+    for name, value in values.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            extra[name] = f"non-finite value ({value})"
+        else:
+            clean[name] = value
+    return clean, extra
+
+
+def transform_for_api(device_id: str, epoch: str, rows: Sequence[StoredReading]) -> dict[str, Any]:
+    """The JSON body of DESIGN §7 for ``rows`` (pure).
+
+    Every reading carries ``id`` (``<device_id>-<epoch>-<seq>``), ``seq`` (the row id),
+    ``timestamp`` and ``values``; ``errors`` only when a register failed.
+    """
+    readings: list[dict[str, Any]] = []
+    for row in rows:
+        values, errors = _json_safe(row.values, row.errors)
+        item: dict[str, Any] = {
+            "id": reading_id(device_id, epoch, row.id),
+            "seq": row.id,
+            "timestamp": row.timestamp,
+            "values": values,
+        }
+        if errors:
+            item["errors"] = errors
+        readings.append(item)
+    return {"device_id": device_id, "readings": readings}
+
+
+def encode_body(payload: Mapping[str, Any], *, compress: bool) -> bytes:
+    """Serialise a payload compactly (strict JSON), gzipped when ``compress``."""
+    body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    data = body.encode("utf-8")
+    # mtime=0 keeps the same batch byte-identical across retries.
+    return gzip_module.compress(data, compresslevel=6, mtime=0) if compress else data
+
+
+def parse_retry_after(value: str | None, now: datetime) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta seconds or HTTP date).
+
+    None when absent or unreadable; otherwise clamped to ``0..MAX_RETRY_AFTER_SEC``.
+    """
+    if value is None:
+        return None
+    text = value.strip()
+    if not text:
+        return None
+    if text.isdigit():
+        seconds = float(int(text))
+    else:
+        try:
+            when = email.utils.parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:  # "-0000" means UTC per RFC 5322
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - now).total_seconds()
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_SEC)
+
+
+def classify_status(status: int) -> ResultKind:
+    """Map an HTTP status to what shipping must do with the batch (see the module docstring)."""
+    if 200 <= status < 300:
+        return "delivered"
+    if status in _AUTH_STATUSES:
+        return "auth"
+    if status == 413:
+        return "too_large"
+    if status in _ENDPOINT_STATUSES or 300 <= status < 400:
+        return "endpoint"
+    if status in _TEMPORARY_4XX:
+        return "temporary"
+    if 400 <= status < 500:
+        return "refused"
+    return "temporary"
+
+
+def _header_safe(value: str) -> bool:
+    """True for printable ASCII without control characters (what a header value may hold)."""
+    return all(" " <= ch <= "~" for ch in value)
+
+
+def _ssl_context(ca_file: str | None) -> ssl.SSLContext:
+    """The default trust store, plus ``ca_file`` when given; verification is never off."""
+    context = httpx.create_ssl_context()
+    if ca_file is not None:
+        try:
+            context.load_verify_locations(cafile=ca_file)
+        except (ssl.SSLError, OSError) as exc:
+            raise ConfigError(
+                f"api.ca_file: cannot use {ca_file} as a CA certificate file ({exc})"
+            ) from None
+    return context
+
+
+class ApiClient:
+    """Posts batches for one device and database epoch to ``api.endpoint``.
+
+    ``transport`` replaces the network (``httpx.MockTransport`` in unit tests); ``wall_clock``
+    gives "now" for ``Retry-After`` dates. Use as a context manager or call ``close()``.
+    """
+
+    def __init__(
+        self,
+        api: ApiConfig,
+        device_id: str,
+        epoch: str,
+        *,
+        transport: httpx.BaseTransport | None = None,
+        wall_clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        self.api = api
+        self.device_id = device_id
+        self.epoch = epoch
+        self._wall_clock = wall_clock or (lambda: datetime.now(UTC))
+        if not _header_safe(api.api_key.reveal()):
+            # Caught here, not by httpx mid-send: its error would be a traceback.
+            raise ConfigError(
+                "api.api_key: contains characters that cannot be sent in an HTTP header "
+                "(only printable ASCII is allowed)"
+            )
+        verify: ssl.SSLContext | bool = True
+        if transport is None:
+            verify = _ssl_context(str(api.ca_file) if api.ca_file else None)
+        self._client = httpx.Client(
+            transport=transport,
+            verify=verify,
+            timeout=httpx.Timeout(api.timeout_sec),
+            follow_redirects=False,
+        )
+
+    def __enter__(self) -> ApiClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._client.close()
+
+    def payload(self, rows: Sequence[StoredReading]) -> dict[str, Any]:
+        """The body ``publish_data(rows)`` would send (used by ``publish --dry-run``)."""
+        return transform_for_api(self.device_id, self.epoch, rows)
+
+    def headers(self, rows: Sequence[StoredReading], *, reveal_key: bool = False) -> dict[str, str]:
+        """The request headers for ``rows``; the key is masked unless ``reveal_key``."""
+        key = self.api.api_key.reveal() if reveal_key else "********"
+        header = self.api.api_key_header
+        headers = {
+            "Content-Type": "application/json",
+            header: f"Bearer {key}" if header.lower() == "authorization" else key,
+            "Idempotency-Key": idempotency_key(self.device_id, self.epoch, rows),
+            "User-Agent": f"nixlog/{__version__}",
+        }
+        if self.api.gzip:
+            headers["Content-Encoding"] = "gzip"
+        return headers
+
+    def publish_data(self, rows: Sequence[StoredReading]) -> PublishResult:
+        """POST ``rows`` as one batch and classify the outcome; never raises for I/O."""
+        body = encode_body(self.payload(rows), compress=self.api.gzip)
+        headers = self.headers(rows, reveal_key=True)
+        started = time.monotonic()
+        try:
+            response = self._client.post(self.api.endpoint, content=body, headers=headers)
+        except httpx.TimeoutException:
+            waited = time.monotonic() - started
+            return PublishResult(
+                "temporary", detail=f"no answer from the API within {waited:.1f} s (timeout)"
+            )
+        except httpx.TransportError as exc:
+            return PublishResult("temporary", detail=self._redact(f"cannot reach the API: {exc}"))
+        except ssl.SSLError as exc:  # e.g. an unreadable ca_file chain at handshake time
+            return PublishResult("temporary", detail=self._redact(f"TLS error: {exc}"))
+        return self._result(response)
+
+    def _result(self, response: httpx.Response) -> PublishResult:
+        status = response.status_code
+        kind = classify_status(status)
+        retry_after = None
+        if kind == "temporary":
+            retry_after = parse_retry_after(response.headers.get("Retry-After"), self._wall_clock())
+        detail = f"HTTP {status} {response.reason_phrase}".rstrip()
+        if kind != "delivered":
+            snippet = " ".join(response.text[:_DETAIL_LIMIT].split())
+            if snippet:
+                detail += f": {snippet}"
+        return PublishResult(
+            kind, status=status, retry_after=retry_after, detail=self._redact(detail)
+        )
+
+    def _redact(self, text: str) -> str:
+        """Belt and braces: a server or an exception that echoes the key must not leak it."""
+        key = self.api.api_key.reveal()
+        return text.replace(key, "********") if key else text

@@ -1,0 +1,476 @@
+"""``nixlog daemon``: the poll loop and the ship/maintain loop, run until SIGTERM or SIGINT.
+
+Two named, non-daemon threads, each with its own database connection, share one stop event:
+
+* **poll** (priority): ``core.run_poll_loop`` → ``ReadingBin`` → ``core.flush`` in batches;
+* **ship**: ``core.publish_pending`` while a backlog exists, ``core.maintain`` every minute
+  (at once when a write failed, which is how a full disk gets room back).
+
+They call the same station functions as ``nixlog poll``, ``publish`` and ``prune``. A fault
+inside a loop is logged and the loop goes on; a loop that stops making progress stops the
+systemd watchdog pings, and systemd restarts us.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any
+
+from nixlog import core, database
+from nixlog.config import Config
+from nixlog.errors import EXIT_INTERRUPTED, NixlogError
+from nixlog.hardware import resolve_device_id
+from nixlog.model import Reading, Value
+from nixlog.systemd import Notifier
+
+log = logging.getLogger("nixlog.daemon")
+
+HEARTBEAT_SEC = 5.0
+"""The ship loop wakes at least this often, so its heartbeat stays fresh while idle."""
+MAINTAIN_INTERVAL_SEC = 60.0
+"""How often the ship thread checks the disk budget (a prune is cheap when nothing is due)."""
+STATUS_INTERVAL_SEC = 10.0
+READY_TIMEOUT_SEC = 20.0
+"""READY=1 is sent after the first poll cycle, or after this long if that cycle hangs."""
+LOOP_RESTART_SEC = 1.0
+"""Pause before a loop that raised is started again (a bug must not become a busy loop)."""
+STALL_DEFAULT_SEC = 60.0
+"""Without a systemd watchdog, a loop silent this long is reported as stalled."""
+
+
+@dataclass
+class DaemonStatus:
+    """A snapshot of the daemon's counters (``STATUS=`` lines and the demo dashboard)."""
+
+    polled: int = 0
+    failed_cycles: int = 0
+    skipped_slots: int = 0
+    stored: int = 0
+    unsaved: int = 0
+    dropped: int = 0
+    shipped: int = 0
+    rejected: int = 0
+    backlog: int = 0
+    pruned: int = 0
+    publish_failures: int = 0
+    last_publish_error: str | None = None
+    last_values: dict[str, Value] = field(default_factory=dict)
+    last_errors: dict[str, str] = field(default_factory=dict)
+    uptime_sec: float = 0.0
+
+    def summary(self) -> str:
+        """One line for ``systemctl status`` and the log."""
+        rate = self.polled / self.uptime_sec if self.uptime_sec > 0 else 0.0
+        text = (
+            f"polled {self.polled} ({rate:.1f}/s), stored {self.stored}, "
+            f"shipped {self.shipped}, backlog {self.backlog}"
+        )
+        if self.failed_cycles:
+            text += f", failed cycles {self.failed_cycles}"
+        if self.rejected:
+            text += f", rejected {self.rejected}"
+        if self.pruned:
+            text += f", pruned {self.pruned}"
+        if self.last_publish_error:
+            text += f", API: {self.last_publish_error}"
+        return text
+
+
+class Daemon:
+    """The two loops of the logger, startable in-process (the demo) or as the service.
+
+    ``start()`` opens the database once to refuse an unusable one (exit 74) before any thread
+    runs; ``request_stop()`` is what the signal handlers call; ``join()`` waits for a clean
+    shutdown: partial bin written, in-flight post finished or timed out, WAL checkpointed.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        notifier: Notifier | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        maintain_interval_sec: float = MAINTAIN_INTERVAL_SEC,
+    ) -> None:
+        self.config = config
+        self.notifier = notifier if notifier is not None else Notifier({})
+        self.clock = clock
+        self.maintain_interval_sec = maintain_interval_sec
+        self.stop_event = threading.Event()
+        self.first_cycle = threading.Event()
+        # Wakes the ship thread early: on stop, and when a failed write wants room now.
+        self._wake = threading.Event()
+        self._maintenance_wanted = threading.Event()
+        self._lock = threading.Lock()
+        self._status = DaemonStatus()
+        self._heartbeats: dict[str, float] = {}
+        self._threads: list[threading.Thread] = []
+        self._started_at = clock()
+        self.device_id = ""
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        """Resolve the identity, check the database, start both loops."""
+        self.device_id = resolve_device_id(self.config)
+        conn = database.open_db(self.config.database.path)
+        try:
+            backlog = database.count_unsent(conn)
+        finally:
+            database.close(conn)
+        with self._lock:
+            self._status.backlog = backlog
+        if self.config.api is None:
+            log.warning("no [api] section: readings are kept locally only (nothing is shipped)")
+        self._started_at = self.clock()
+        for name, target in (
+            ("nixlog-poll", self._poll_thread),
+            ("nixlog-ship", self._ship_thread),
+        ):
+            self._heartbeats[name] = self.clock()
+            thread = threading.Thread(target=target, name=name, daemon=False)
+            self._threads.append(thread)
+            thread.start()
+        log.info(
+            "started: %d registers on %s at %g Hz, database %s, device id %s",
+            len(self.config.modbus.registers),
+            self.config.modbus.port,
+            self.config.modbus.poll_rate_hz,
+            self.config.database.path,
+            self.device_id,
+        )
+
+    def request_stop(self) -> None:
+        """Ask both loops to stop (signal-handler safe: it only sets events)."""
+        self.stop_event.set()
+        self._wake.set()
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for both loops to end, then checkpoint the WAL; True when both ended."""
+        deadline = None if timeout is None else self.clock() + timeout
+        for thread in self._threads:
+            remaining = None if deadline is None else max(0.0, deadline - self.clock())
+            thread.join(remaining)
+        alive = [t.name for t in self._threads if t.is_alive()]
+        if alive:
+            log.error("still running after the stop timeout: %s", ", ".join(alive))
+            return False
+        try:
+            conn = database.open_db(self.config.database.path)
+            try:
+                database.checkpoint(conn)
+            finally:
+                database.close(conn)
+        except NixlogError as exc:
+            log.warning("final WAL checkpoint failed: %s", exc)
+        return True
+
+    @property
+    def running(self) -> bool:
+        """True while any loop thread is alive."""
+        return any(t.is_alive() for t in self._threads)
+
+    def status(self) -> DaemonStatus:
+        """A copy of the counters."""
+        with self._lock:
+            snapshot = DaemonStatus(**{**self._status.__dict__})
+            snapshot.last_values = dict(self._status.last_values)
+            snapshot.last_errors = dict(self._status.last_errors)
+        snapshot.uptime_sec = self.clock() - self._started_at
+        return snapshot
+
+    def stalled_loops(self, max_silence_sec: float) -> list[str]:
+        """Loops that died or have not shown progress for ``max_silence_sec``."""
+        now = self.clock()
+        stalled = []
+        for thread in self._threads:
+            beat = self._heartbeats.get(thread.name, now)
+            if not thread.is_alive() or now - beat > max_silence_sec:
+                stalled.append(thread.name)
+        return stalled
+
+    def _beat(self) -> None:
+        self._heartbeats[threading.current_thread().name] = self.clock()
+
+    # ------------------------------------------------------------------ poll thread
+
+    def _poll_thread(self) -> None:
+        modbus = self.config.modbus
+        reading_bin = core.ReadingBin(
+            modbus.batch_size, self.config.database.flush_interval_sec, clock=self.clock
+        )
+        writes = _WriteRetry(self.clock)
+        conn = None
+        poller = None
+        try:
+            conn = database.open_db(self.config.database.path)
+            poller = core.build_poller(self.config)
+
+            def on_reading(reading: Reading) -> None:
+                reading_bin.add(reading)
+                with self._lock:
+                    self._status.polled += 1
+
+            def on_cycle(reading: Reading) -> None:
+                self._beat()
+                with self._lock:
+                    self._status.last_values = dict(reading.values)
+                    self._status.last_errors = dict(reading.errors)
+                self._copy_poll_stats(poller, reading_bin)
+                if reading_bin.is_due():
+                    self._flush(conn, reading_bin, writes)
+                self.first_cycle.set()
+
+            while not self.stop_event.is_set():
+                try:
+                    core.run_poll_loop(
+                        poller,
+                        on_reading,
+                        self.stop_event,
+                        modbus.poll_rate_hz,
+                        self.clock,
+                        on_cycle=on_cycle,
+                    )
+                except Exception:
+                    log.exception("poll loop failed; restarting it in %.0f s", LOOP_RESTART_SEC)
+                    self.stop_event.wait(LOOP_RESTART_SEC)
+                finally:
+                    self._copy_poll_stats(poller, reading_bin)
+        except NixlogError as exc:
+            log.error("poll loop cannot run: %s", exc)
+            self.request_stop()
+        finally:
+            # Shutdown: whatever the bin holds is written before we let go of the database.
+            if conn is not None and len(reading_bin):
+                writes.next_attempt_at = 0.0
+                self._flush(conn, reading_bin, writes)
+            if poller is not None:
+                self._copy_poll_stats(poller, reading_bin)
+                poller.close()
+            if conn is not None:
+                database.close(conn)
+            self.first_cycle.set()
+
+    def _flush(self, conn: Any, reading_bin: core.ReadingBin, writes: _WriteRetry) -> None:
+        if not writes.ready():
+            return
+        try:
+            written = core.flush(conn, self.device_id, reading_bin)
+        except NixlogError as exc:
+            delay = writes.failed()
+            log.error(
+                "cannot write %d readings (kept in memory, retry in %.0f s): %s",
+                len(reading_bin),
+                delay,
+                exc,
+            )
+            # Disk full is the usual cause: let the maintenance loop make room now.
+            self._maintenance_wanted.set()
+            self._wake.set()
+            return
+        writes.succeeded()
+        with self._lock:
+            self._status.stored += written
+            self._status.backlog += written
+
+    def _copy_poll_stats(self, poller: core.Poller, reading_bin: core.ReadingBin) -> None:
+        with self._lock:
+            self._status.failed_cycles = poller.stats.failed_cycles
+            self._status.skipped_slots = poller.stats.skipped_slots
+            self._status.unsaved = len(reading_bin)
+            self._status.dropped = reading_bin.dropped
+
+    # ------------------------------------------------------------------ ship thread
+
+    def _ship_thread(self) -> None:
+        api = self.config.api
+        conn = None
+        client: Any = None
+        backoff = core.Backoff(clock=self.clock)
+        next_publish = next_maintain = self.clock()
+        try:
+            conn = database.open_db(self.config.database.path)
+            if api is not None:
+                from nixlog.api_client import ApiClient
+
+                client = ApiClient(api, self.device_id, database.get_epoch(conn))
+            while not self.stop_event.is_set():
+                self._beat()
+                try:
+                    if client is not None and self.clock() >= next_publish:
+                        next_publish = self.clock() + self._publish(conn, client, backoff)
+                    if self.clock() >= next_maintain or self._maintenance_wanted.is_set():
+                        self._maintenance_wanted.clear()
+                        self._maintain(conn)
+                        next_maintain = self.clock() + self.maintain_interval_sec
+                except Exception:
+                    log.exception("ship loop failed; going on in %.0f s", LOOP_RESTART_SEC)
+                    next_publish = max(next_publish, self.clock() + LOOP_RESTART_SEC)
+                    next_maintain = max(next_maintain, self.clock() + LOOP_RESTART_SEC)
+                due = min(next_maintain, next_publish if client is not None else next_maintain)
+                self._wake.wait(min(HEARTBEAT_SEC, max(0.0, due - self.clock())))
+                self._wake.clear()
+        except NixlogError as exc:
+            log.error("ship loop cannot run: %s", exc)
+            self.request_stop()
+        finally:
+            if client is not None:
+                client.close()
+            if conn is not None:
+                database.close(conn)
+
+    def _publish(self, conn: Any, client: Any, backoff: core.Backoff) -> float:
+        """Ship the backlog; return how long to sleep before the next attempt."""
+        api = self.config.api
+        assert api is not None
+        if not backoff.ready():
+            return backoff.remaining()
+        summary = core.publish_pending(
+            conn,
+            client,
+            batch_size=api.batch_size,
+            stop=self.stop_event,
+            on_progress=lambda _settled: self._beat(),
+            backoff=backoff,
+        )
+        backlog = database.count_unsent(conn)
+        with self._lock:
+            self._status.shipped += summary.delivered
+            self._status.rejected += summary.rejected
+            self._status.backlog = backlog
+            if summary.failure is not None:
+                self._status.publish_failures += 1
+                self._status.last_publish_error = summary.failure.detail
+            elif summary.requests:
+                self._status.last_publish_error = None
+        if summary.failure is not None or summary.deferred:
+            return backoff.remaining()
+        if summary.caught_up:
+            return api.publish_interval_sec
+        return 0.0
+
+    def _maintain(self, conn: Any) -> None:
+        report = core.maintain(conn, self.config.database)
+        if report.deleted:
+            with self._lock:
+                self._status.pruned += report.deleted
+                self._status.backlog = database.count_unsent(conn)
+
+
+class _WriteRetry:
+    """Spacing of retries after a failed batch write (a full disk is not fixed in 100 ms)."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.clock = clock
+        self.backoff = core.Backoff(base=0.5, cap=10.0, clock=clock)
+        self.next_attempt_at = 0.0
+
+    def ready(self) -> bool:
+        return self.clock() >= self.next_attempt_at
+
+    def failed(self) -> float:
+        delay = self.backoff.failure()
+        self.next_attempt_at = self.backoff.next_attempt_at
+        return delay
+
+    def succeeded(self) -> None:
+        self.backoff.success()
+        self.next_attempt_at = 0.0
+
+
+@contextmanager
+def _signal_handlers(daemon: Daemon) -> Iterator[None]:
+    """SIGTERM/SIGINT stop the daemon; a second SIGINT forces the exit; SIGHUP is ignored.
+
+    Handlers only set events (uvicorn's rule): everything else happens on the main thread.
+    """
+    interrupts = 0
+
+    def on_stop(signum: int, _frame: FrameType | None) -> None:
+        nonlocal interrupts
+        if signum == signal.SIGINT:
+            interrupts += 1
+            if interrupts > 1:
+                # The operator insists: leave now. What the bin holds is lost; the database
+                # is safe (every batch is one transaction).
+                os.write(2, b"nixlog: second interrupt, exiting without waiting\n")
+                os._exit(EXIT_INTERRUPTED)
+        daemon.request_stop()
+
+    def on_hup(_signum: int, _frame: FrameType | None) -> None:
+        log.warning(
+            "SIGHUP ignored: the config is read only at start; restart the service to apply it"
+        )
+
+    previous = {
+        signal.SIGTERM: signal.signal(signal.SIGTERM, on_stop),
+        signal.SIGINT: signal.signal(signal.SIGINT, on_stop),
+        signal.SIGHUP: signal.signal(signal.SIGHUP, on_hup),
+    }
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def run_daemon(config: Config, notifier: Notifier | None = None) -> int:
+    """Run the service until SIGTERM/SIGINT; return the exit code (0 after a clean stop).
+
+    Raises ``NixlogError`` (database unusable, no device id) before any loop starts.
+    """
+    notifier = notifier if notifier is not None else Notifier()
+    daemon = Daemon(config, notifier=notifier)
+    watchdog = notifier.watchdog_interval_sec
+    stall_after = watchdog * 2 if watchdog else STALL_DEFAULT_SEC
+    with _signal_handlers(daemon):
+        daemon.start()
+        try:
+            daemon.first_cycle.wait(READY_TIMEOUT_SEC)
+            notifier.ready(daemon.status().summary())
+            log.info("ready")
+            _supervise(daemon, notifier, watchdog, stall_after)
+        finally:
+            daemon.request_stop()
+            notifier.stopping()
+            log.info("stopping: writing the last readings and checkpointing")
+            # Within systemd's TimeoutStopSec (30 s in our unit): a post in flight is bounded
+            # by api.timeout_sec, a poll cycle by the Modbus timeout.
+            api_timeout = config.api.timeout_sec if config.api else 0.0
+            clean = daemon.join(timeout=api_timeout + config.modbus.timeout_sec * 2 + 10)
+            status = daemon.status()
+            log.info("stopped: %s", status.summary())
+            notifier.close()
+    return 0 if clean else 1
+
+
+def _supervise(
+    daemon: Daemon, notifier: Notifier, watchdog: float | None, stall_after: float
+) -> None:
+    """The main thread's job while the loops run: watchdog pings and status lines."""
+    tick = min(1.0, watchdog) if watchdog else 1.0
+    next_status = daemon.clock() + STATUS_INTERVAL_SEC
+    reported_stall = False
+    while not daemon.stop_event.wait(tick):
+        stalled = daemon.stalled_loops(stall_after)
+        if stalled:
+            if not reported_stall:
+                log.error("no progress from %s: withholding the watchdog", ", ".join(stalled))
+                reported_stall = True
+        else:
+            reported_stall = False
+            if watchdog:
+                notifier.watchdog()
+        if daemon.clock() >= next_status:
+            summary = daemon.status().summary()
+            notifier.status(summary)
+            log.debug("%s", summary)
+            next_status = daemon.clock() + STATUS_INTERVAL_SEC

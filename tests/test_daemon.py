@@ -1,0 +1,324 @@
+"""`nixlog daemon` as a real process: readings flow, stops are clean, crashes lose little."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from nixlog import core, database
+from nixlog.api_client import ApiClient
+from nixlog.config import load_config
+from nixlog.simulator import SimulatorServer
+from tests.daemon_helpers import (
+    DaemonProcess,
+    assert_duplicates_are_identical,
+    daemon_config,
+    delivered_by_id,
+    read_ledger,
+    row_count,
+    stopped_counts,
+    wait_until,
+)
+from tests.receiver import ScriptedReceiver, Step
+
+
+@pytest.fixture
+def processes() -> Iterator[list[DaemonProcess]]:
+    """Daemons started by a test; killed if the test left one running."""
+    started: list[DaemonProcess] = []
+    yield started
+    for process in started:
+        process.stop_quietly()
+
+
+def drain(config_path: Path) -> None:
+    """Ship whatever is still unsent, as `nixlog publish` would."""
+    config = load_config(config_path)
+    conn = database.open_db(config.database.path)
+    try:
+        api = config.require_api()
+        with ApiClient(api, "test-logger", database.get_epoch(conn)) as client:
+            summary = core.publish_pending(conn, client, batch_size=api.batch_size)
+        assert summary.failure is None and summary.caught_up
+    finally:
+        database.close(conn)
+
+
+def test_readings_flow_and_sigterm_loses_nothing(
+    tmp_path: Path,
+    tcp_simulator: SimulatorServer,
+    receiver: ScriptedReceiver,
+    processes: list[DaemonProcess],
+) -> None:
+    """Readings reach the receiver; SIGTERM with a half-full bin writes it and exits 0 in 5 s."""
+    config = daemon_config(
+        tmp_path, tcp_simulator.address, receiver.url, batch_size=50, flush_interval_sec=30
+    )
+    daemon = DaemonProcess(config)
+    processes.append(daemon)
+    # batch 50 at 20 Hz and a 30 s flush interval: readings are shipped only from full batches.
+    wait_until(lambda: receiver.stats.unique >= 50, 20, "the first full batch at the receiver")
+    time.sleep(0.7)  # the next bin is now partly filled (~14 readings)
+    code, seconds = daemon.terminate()
+    assert code == 0, daemon.log
+    assert seconds < 5.0, f"SIGTERM took {seconds:.1f} s"
+    counts = stopped_counts(daemon.log)
+    ledger = read_ledger(tmp_path / "nixlog.db")
+    assert ledger.integrity == "ok"
+    # Everything polled was stored, including the partial bin, with ids 1..N and no gap.
+    assert counts["polled"] == counts["stored"] == len(ledger.ids) > 50
+    assert len(ledger.ids) % 50 != 0, "the partial bin was not written at shutdown"
+    assert ledger.ids == list(range(1, len(ledger.ids) + 1))
+    drain(config)
+    assert receiver.stats.unique == len(ledger.ids)
+    assert "Traceback" not in daemon.log
+
+
+def test_kill_minus_nine_never_corrupts_or_reuses_ids(
+    tmp_path: Path,
+    tcp_simulator: SimulatorServer,
+    receiver: ScriptedReceiver,
+    processes: list[DaemonProcess],
+) -> None:
+    """kill -9 at random moments: integrity holds, ids only grow, all committed gets delivered."""
+    config = daemon_config(tmp_path, tcp_simulator.address, receiver.url, poll_rate_hz=50)
+    db_path = tmp_path / "nixlog.db"
+    rng = random.Random(7)
+    highest = 0
+    for _ in range(4):
+        daemon = DaemonProcess(config)
+        processes.append(daemon)
+        wait_until(
+            lambda floor=highest: row_count(db_path) > floor, 20, "new rows after restart", daemon
+        )
+        time.sleep(rng.uniform(0.1, 0.8))
+        daemon.kill()
+        ledger = read_ledger(db_path)
+        assert ledger.integrity == "ok"
+        assert ledger.ids == list(range(1, len(ledger.ids) + 1)), "a gap or a reused id"
+        # Whole batches only: a crash loses at most the unwritten bin, never half a batch.
+        assert len(ledger.ids) % 10 == 0
+        assert len(ledger.ids) > highest
+        highest = len(ledger.ids)
+    final = DaemonProcess(config)
+    processes.append(final)
+    wait_until(lambda: row_count(db_path) > highest, 20, "rows after the last restart", final)
+    code, _ = final.terminate()
+    assert code == 0
+    drain(config)
+    ledger = read_ledger(db_path)
+    assert ledger.unsent == []
+    delivered = delivered_by_id(receiver)
+    expected = {f"test-logger-{ledger.epoch}-{i}" for i in ledger.ids}
+    assert set(delivered) == expected
+    assert_duplicates_are_identical(receiver)
+
+
+def test_api_outage_loses_nothing_and_polling_keeps_its_rate(
+    tmp_path: Path,
+    tcp_simulator: SimulatorServer,
+    receiver: ScriptedReceiver,
+    processes: list[DaemonProcess],
+) -> None:
+    """The API answering 503 for a while: polling goes on at its rate, the backlog drains after."""
+    config = daemon_config(tmp_path, tcp_simulator.address, receiver.url, poll_rate_hz=20)
+    db_path = tmp_path / "nixlog.db"
+    receiver.always(Step(503))
+    daemon = DaemonProcess(config)
+    processes.append(daemon)
+    wait_until(lambda: row_count(db_path) >= 10, 20, "the first batch")
+    start_rows, started = row_count(db_path), time.monotonic()
+    time.sleep(3.0)
+    rate = (row_count(db_path) - start_rows) / (time.monotonic() - started)
+    outage_requests = len(receiver.requests)
+    assert rate > 20 * 0.7, f"polling slowed to {rate:.1f}/s during the outage"
+    # Backoff (1 s doubling, jittered) means a handful of attempts, not a tight loop.
+    assert 1 <= outage_requests <= 8
+    receiver.always(None)
+    wait_until(lambda: receiver.stats.unique >= start_rows + 40, 20, "the backlog to drain")
+    code, _ = daemon.terminate()
+    assert code == 0
+    drain(config)
+    ledger = read_ledger(db_path)
+    assert receiver.stats.unique == len(ledger.ids)
+    assert "publishing failed" in daemon.log
+
+
+def test_device_disappears_and_comes_back(
+    tmp_path: Path,
+    start_simulator: Callable[..., SimulatorServer],
+    receiver: ScriptedReceiver,
+    processes: list[DaemonProcess],
+) -> None:
+    """The device going away does not stop the daemon; readings resume when it returns."""
+    simulator = start_simulator()
+    config = daemon_config(tmp_path, simulator.address, receiver.url)
+    db_path = tmp_path / "nixlog.db"
+    daemon = DaemonProcess(config)
+    processes.append(daemon)
+    wait_until(lambda: row_count(db_path) >= 10, 20, "the first batch")
+    simulator.stop()
+    time.sleep(1.5)
+    during_outage = row_count(db_path)
+    time.sleep(1.0)
+    assert row_count(db_path) - during_outage <= 10, "readings appeared with no device"
+    assert daemon.process.poll() is None, "the daemon died with the device"
+    start_simulator(port=simulator.address)
+    wait_until(lambda: row_count(db_path) >= during_outage + 20, 40, "readings after return")
+    code, _ = daemon.terminate()
+    assert code == 0
+
+
+def test_notify_socket_messages(
+    tmp_path: Path,
+    tcp_simulator: SimulatorServer,
+    receiver: ScriptedReceiver,
+    processes: list[DaemonProcess],
+) -> None:
+    """READY=1 after the first cycle, STATUS lines, WATCHDOG=1 pings, STOPPING=1 on SIGTERM."""
+    path = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(10)
+    try:
+        config = daemon_config(tmp_path, tcp_simulator.address, receiver.url)
+        daemon = DaemonProcess(config, env={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "1000000"})
+        processes.append(daemon)
+        messages = [sock.recv(4096).decode()]
+        assert messages[0].startswith("READY=1\nSTATUS=polled")
+        while sum(m == "WATCHDOG=1" for m in messages) < 3:
+            messages.append(sock.recv(4096).decode())
+        code, _ = daemon.terminate()
+        assert code == 0
+        sock.settimeout(1)
+        rest = []
+        try:
+            while True:
+                rest.append(sock.recv(4096).decode())
+        except TimeoutError:
+            pass
+        assert "STOPPING=1" in rest
+    finally:
+        sock.close()
+
+
+def test_sighup_is_ignored_with_a_log_line(
+    tmp_path: Path,
+    tcp_simulator: SimulatorServer,
+    receiver: ScriptedReceiver,
+    processes: list[DaemonProcess],
+) -> None:
+    """SIGHUP neither stops nor silently reloads: the daemon says so and keeps polling."""
+    config = daemon_config(tmp_path, tcp_simulator.address, receiver.url)
+    db_path = tmp_path / "nixlog.db"
+    daemon = DaemonProcess(config)
+    processes.append(daemon)
+    wait_until(lambda: row_count(db_path) >= 10, 20, "the first batch")
+    daemon.process.send_signal(signal.SIGHUP)
+    before = row_count(db_path)
+    wait_until(lambda: row_count(db_path) > before, 10, "polling after SIGHUP")
+    assert daemon.process.poll() is None
+    code, _ = daemon.terminate()
+    assert code == 0
+    assert "SIGHUP ignored" in daemon.log
+
+
+def test_bad_config_refused_before_touching_the_database(tmp_path: Path) -> None:
+    """A config error exits 78 with one line, and no database file is created."""
+    config = daemon_config(tmp_path, "tcp://127.0.0.1:1", None)
+    config.write_text("bogus = 1\n" + config.read_text(), encoding="utf-8")
+    done = subprocess.run(
+        [sys.executable, "-m", "nixlog", "daemon", "-c", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 78
+    assert done.stderr.strip().splitlines() == [f"Error: {config}: bogus: unknown key"]
+    assert not (tmp_path / "nixlog.db").exists()
+
+
+def test_unusable_database_exits_74(tmp_path: Path) -> None:
+    """A database file that is not SQLite stops the daemon at start with exit 74."""
+    config = daemon_config(tmp_path, "tcp://127.0.0.1:1", None)
+    (tmp_path / "nixlog.db").write_bytes(b"this is somebody's spreadsheet, not a database" * 50)
+    done = subprocess.run(
+        [sys.executable, "-m", "nixlog", "daemon", "-c", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 74, done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("Error: ")
+
+
+def test_unreachable_device_at_start_is_not_fatal(
+    tmp_path: Path, receiver: ScriptedReceiver, processes: list[DaemonProcess]
+) -> None:
+    """No device at start: the daemon keeps running (and shipping), retrying the device."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = daemon_config(tmp_path, f"tcp://127.0.0.1:{port}", receiver.url)
+    daemon = DaemonProcess(config)
+    processes.append(daemon)
+    time.sleep(2.0)
+    assert daemon.process.poll() is None, daemon.log
+    code, seconds = daemon.terminate()
+    assert code == 0 and seconds < 5
+
+
+def test_demo_runs_and_ships(tmp_path: Path) -> None:
+    """`nixlog demo --seconds 5` needs nothing, exits 0 and reports readings shipped."""
+    done = subprocess.run(
+        [sys.executable, "-m", "nixlog", "demo", "--seconds", "5"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=tmp_path,
+        env={**os.environ, "COLUMNS": "120"},
+    )
+    assert done.returncode == 0, done.stderr
+    summary = done.stdout.strip().splitlines()[-1]
+    assert summary.startswith("demo finished after")
+    polled = int(summary.split("polled ")[1].split(",")[0])
+    shipped = int(summary.split("shipped ")[1].split(" ")[0])
+    received = int(summary.split("receiver counted ")[1].split(",")[0])
+    assert polled >= 30 and shipped == received == polled
+    assert "Traceback" not in done.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_wal_is_checkpointed_on_stop(
+    tmp_path: Path,
+    tcp_simulator: SimulatorServer,
+    receiver: ScriptedReceiver,
+    processes: list[DaemonProcess],
+) -> None:
+    """After a clean stop the WAL is empty: the main file alone holds every reading."""
+    config = daemon_config(tmp_path, tcp_simulator.address, receiver.url)
+    db_path = tmp_path / "nixlog.db"
+    daemon = DaemonProcess(config)
+    processes.append(daemon)
+    wait_until(lambda: row_count(db_path) >= 20, 20, "two batches")
+    code, _ = daemon.terminate()
+    assert code == 0
+    wal = db_path.with_name(db_path.name + "-wal")
+    assert not wal.exists() or wal.stat().st_size == 0
+    conn = sqlite3.connect(db_path)
+    assert conn.execute("SELECT count(*) FROM readings").fetchone()[0] >= 20
+    conn.close()
