@@ -243,78 +243,50 @@ def _poll_table(poller: Any, reading: Any) -> Group:
     return Group(header, table)
 
 
-class _PollOutcome:
-    """What the cycles of `nixlog poll` amounted to: decides the exit code."""
+def _poll_exit(outcome: Any, poller: Any, cfg: Config) -> None:
+    """Exit 69 when nothing ever answered, 1 when some registers failed, else return."""
+    from nixlog.errors import EXIT_PARTIAL, DeviceError
 
-    def __init__(self) -> None:
-        self.cycles = 0
-        self.any_value = False
-        self.any_error = False
-        self.first_error: str | None = None
-        self.only_silence = True
-
-    def record(self, reading: Any) -> None:
-        self.cycles += 1
-        self.any_value = self.any_value or bool(reading.values)
-        for error in reading.errors.values():
-            self.any_error = True
-            if not error.startswith("skipped:"):
-                self.first_error = self.first_error or error
-            silent = error in ("timeout", "disconnected") or error.startswith(
-                ("skipped:", "exception 10 ", "exception 11 ")
+    if outcome.unreachable:
+        units = sorted({r.unit_id for r in poller.registers})
+        reason = poller.last_link_error or outcome.first_error
+        if reason == "timeout":
+            tries = cfg.modbus.retries + 1
+            reason = (
+                f"timeout ({cfg.modbus.timeout_sec:g} s × {tries} "
+                f"{'try' if tries == 1 else 'tries'})"
             )
-            self.only_silence = self.only_silence and silent
-
-    def finish(self, poller: Any, cfg: Config) -> None:
-        """Exit 69 when nothing ever answered, 1 when some registers failed, else return."""
-        from nixlog.errors import EXIT_PARTIAL, DeviceError
-
-        if not self.any_value and self.any_error and self.only_silence:
-            units = sorted({r.unit_id for r in poller.registers})
-            reason = poller.last_link_error or self.first_error
-            if reason == "timeout":
-                tries = cfg.modbus.retries + 1
-                reason = (
-                    f"timeout ({cfg.modbus.timeout_sec:g} s × {tries} "
-                    f"{'try' if tries == 1 else 'tries'})"
-                )
-            raise DeviceError(
-                f"no answer from unit {', '.join(map(str, units))} on "
-                f"{poller.link.description}: {reason}"
-            )
-        if self.any_error:
-            raise typer.Exit(EXIT_PARTIAL)
+        raise DeviceError(
+            f"no answer from unit {', '.join(map(str, units))} on "
+            f"{poller.link.description}: {reason}"
+        )
+    if outcome.any_error:
+        raise typer.Exit(EXIT_PARTIAL)
 
 
-class _PollStore:
-    """`nixlog poll --save`: readings go to the database in batches, like the daemon's."""
+def _open_poll_store(cfg: Config) -> Any:
+    """`nixlog poll --save`: the daemon's store station on this thread's connection."""
+    from nixlog import core, database
+    from nixlog.hardware import resolve_device_id
 
-    def __init__(self, cfg: Config) -> None:
-        from nixlog import core, database
-        from nixlog.hardware import resolve_device_id
+    device_id = resolve_device_id(cfg)
+    conn = database.open_db(cfg.database.path)
+    return core.BinWriter(
+        conn, device_id, cfg.modbus.batch_size, cfg.database.flush_interval_sec
+    )
 
-        self.device_id = resolve_device_id(cfg)
-        self.conn = database.open_db(cfg.database.path)
-        self.bin = core.ReadingBin(cfg.modbus.batch_size, cfg.database.flush_interval_sec)
-        self.path = cfg.database.path
-        self.saved = 0
 
-    def add(self, reading: Any) -> None:
-        from nixlog import core
+def _close_poll_store(store: Any, cfg: Config) -> None:
+    """Write what the bin holds (also on Ctrl-C), then close the database."""
+    from nixlog import database
 
-        self.bin.add(reading)
-        if self.bin.is_due():
-            self.saved += core.flush(self.conn, self.device_id, self.bin)
-
-    def close(self) -> None:
-        """Write what the bin holds (also on Ctrl-C), then close the database."""
-        from nixlog import core, database
-
-        try:
-            self.saved += core.flush(self.conn, self.device_id, self.bin)
-        finally:
-            database.close(self.conn)
-        _console(err=True).print(f"Saved {self.saved} readings to {escape(str(self.path))}")
+    try:
+        store.close()
+    finally:
+        database.close(store.conn)
+    _console(err=True).print(
+        f"Saved {store.stored} readings to {escape(str(cfg.database.path))}"
+    )
 
 
 @_command(app, "poll")
@@ -339,13 +311,13 @@ def poll(
 
     cfg = _load(config)
     poller = core.build_poller(cfg)
-    outcome = _PollOutcome()
+    outcome = core.PollOutcome()
     max_cycles = 1 if once else count
     store: Any = None
     try:
         poller.link.connect()  # unreachable port: exit 69 with the reason, before anything else
         if save:
-            store = _PollStore(cfg)
+            store = _open_poll_store(cfg)
         on_reading = store.add if store is not None else (lambda reading: None)
         stdout = _console()
         if json_output:
@@ -395,10 +367,10 @@ def poll(
     finally:
         poller.close()
         if store is not None:
-            store.close()
+            _close_poll_store(store, cfg)
         if not json_output and not _console().is_terminal and poller.last_cycle is not None:
             _console().print(_poll_table(poller, poller.last_cycle))
-    outcome.finish(poller, cfg)
+    _poll_exit(outcome, poller, cfg)
 
 
 # --------------------------------------------------------------------------- publish

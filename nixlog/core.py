@@ -340,6 +340,42 @@ def run_poll_loop(
             deadline += missed * period
         sleep(max(0.0, deadline - clock()))
 
+class PollOutcome:
+    """What the cycles of a ``nixlog poll`` run amounted to; decides its exit status.
+
+    "Unreachable" (exit 69) means nothing ever answered: no value in any cycle, and every
+    error was silence (timeout, lost link, a skipped unit, a gateway's "no answer" codes).
+    A device that answers with exceptions is reachable: that is a partial failure (exit 1).
+    """
+
+    _SILENCE_PREFIXES = ("skipped:", "exception 10 ", "exception 11 ")
+
+    def __init__(self) -> None:
+        self.cycles = 0
+        self.any_value = False
+        self.any_error = False
+        self.first_error: str | None = None
+        self.only_silence = True
+
+    def record(self, reading: Reading) -> None:
+        """Account for one cycle's reading (``Poller.last_cycle``, failed registers included)."""
+        self.cycles += 1
+        self.any_value = self.any_value or bool(reading.values)
+        for error in reading.errors.values():
+            self.any_error = True
+            if not error.startswith("skipped:"):
+                self.first_error = self.first_error or error
+            silent = error in (FAILURE_TIMEOUT, FAILURE_DISCONNECTED) or error.startswith(
+                self._SILENCE_PREFIXES
+            )
+            self.only_silence = self.only_silence and silent
+
+    @property
+    def unreachable(self) -> bool:
+        """True when the device never answered at all."""
+        return not self.any_value and self.any_error and self.only_silence
+
+
 # ============================================================== station 2: store (warehouse)
 
 store_log = logging.getLogger("nixlog.store")
@@ -441,6 +477,72 @@ def flush(conn: sqlite3.Connection, device_id: str, reading_bin: ReadingBin) -> 
     database.batch_insert_readings(conn, device_id, pending)
     reading_bin.discard(len(pending))
     return len(pending)
+
+
+WRITE_RETRY_BASE_SEC = 0.5
+WRITE_RETRY_CAP_SEC = 10.0
+
+
+class BinWriter:
+    """Station 2 for one thread: a ``ReadingBin`` flushed to that thread's connection.
+
+    ``add`` keeps a reading and writes the bin when it is due. A failed write (disk full,
+    database locked) keeps the readings in the bin and spaces the next attempts with capped
+    backoff — a full disk is not fixed in one poll period — and calls ``on_write_error``
+    (the daemon uses it to ask for maintenance now). ``close`` writes whatever is left.
+    """
+
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        device_id: str,
+        batch_size: int,
+        flush_interval_sec: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        on_write_error: Callable[[Exception], None] | None = None,
+    ) -> None:
+        self.conn = conn
+        self.device_id = device_id
+        self.bin = ReadingBin(batch_size, flush_interval_sec, clock=clock)
+        self.stored = 0
+        self.on_write_error = on_write_error
+        self._retry = Backoff(base=WRITE_RETRY_BASE_SEC, cap=WRITE_RETRY_CAP_SEC, clock=clock)
+
+    def add(self, reading: Reading) -> int:
+        """Keep ``reading``; write the bin if it is due. Returns readings written now."""
+        self.bin.add(reading)
+        return self.flush_if_due()
+
+    def flush_if_due(self) -> int:
+        """Write the bin when it is full or old enough and no retry pause is running."""
+        if not self.bin.is_due() or not self._retry.ready():
+            return 0
+        return self._write()
+
+    def close(self) -> int:
+        """Write what the bin holds now, whatever the pause (shutdown, Ctrl-C)."""
+        return self._write() if len(self.bin) else 0
+
+    def _write(self) -> int:
+        from nixlog.errors import DatabaseError
+
+        try:
+            written = flush(self.conn, self.device_id, self.bin)
+        except DatabaseError as exc:
+            delay = self._retry.failure()
+            store_log.error(
+                "cannot write %d readings (kept in memory, next try in %.1f s): %s",
+                len(self.bin),
+                delay,
+                exc,
+            )
+            if self.on_write_error is not None:
+                self.on_write_error(exc)
+            return 0
+        self._retry.success()
+        self.stored += written
+        return written
 
 
 # ============================================================== station 3: ship (shipping)

@@ -204,82 +204,77 @@ class Daemon:
 
     def _poll_thread(self) -> None:
         modbus = self.config.modbus
-        reading_bin = core.ReadingBin(
-            modbus.batch_size, self.config.database.flush_interval_sec, clock=self.clock
-        )
-        writes = _WriteRetry(self.clock)
         conn = None
         poller = None
+        writer = None
         try:
             conn = database.open_db(self.config.database.path)
+            writer = core.BinWriter(
+                conn,
+                self.device_id,
+                modbus.batch_size,
+                self.config.database.flush_interval_sec,
+                clock=self.clock,
+                on_write_error=self._on_write_error,
+            )
             poller = core.build_poller(self.config)
-
-            def on_reading(reading: Reading) -> None:
-                reading_bin.add(reading)
-                with self._lock:
-                    self._status.polled += 1
-
-            def on_cycle(reading: Reading) -> None:
-                self._beat()
-                with self._lock:
-                    self._status.last_values = dict(reading.values)
-                    self._status.last_errors = dict(reading.errors)
-                self._copy_poll_stats(poller, reading_bin)
-                if reading_bin.is_due():
-                    self._flush(conn, reading_bin, writes)
-                self.first_cycle.set()
-
-            while not self.stop_event.is_set():
-                try:
-                    core.run_poll_loop(
-                        poller,
-                        on_reading,
-                        self.stop_event,
-                        modbus.poll_rate_hz,
-                        self.clock,
-                        on_cycle=on_cycle,
-                    )
-                except Exception:
-                    log.exception("poll loop failed; restarting it in %.0f s", LOOP_RESTART_SEC)
-                    self.stop_event.wait(LOOP_RESTART_SEC)
-                finally:
-                    self._copy_poll_stats(poller, reading_bin)
+            self._poll_until_stopped(poller, writer)
         except NixlogError as exc:
             log.error("poll loop cannot run: %s", exc)
             self.request_stop()
         finally:
             # Shutdown: whatever the bin holds is written before we let go of the database.
-            if conn is not None and len(reading_bin):
-                writes.next_attempt_at = 0.0
-                self._flush(conn, reading_bin, writes)
+            if writer is not None:
+                self._count_stored(writer.close())
             if poller is not None:
-                self._copy_poll_stats(poller, reading_bin)
+                if writer is not None:
+                    self._copy_poll_stats(poller, writer.bin)
                 poller.close()
             if conn is not None:
                 database.close(conn)
             self.first_cycle.set()
 
-    def _flush(self, conn: Any, reading_bin: core.ReadingBin, writes: _WriteRetry) -> None:
-        if not writes.ready():
-            return
-        try:
-            written = core.flush(conn, self.device_id, reading_bin)
-        except NixlogError as exc:
-            delay = writes.failed()
-            log.error(
-                "cannot write %d readings (kept in memory, retry in %.0f s): %s",
-                len(reading_bin),
-                delay,
-                exc,
-            )
-            # Disk full is the usual cause: let the maintenance loop make room now.
-            self._maintenance_wanted.set()
-            self._wake.set()
-            return
-        writes.succeeded()
-        with self._lock:
-            self._status.stored += written
-            self._status.backlog += written
+    def _poll_until_stopped(self, poller: core.Poller, writer: core.BinWriter) -> None:
+        def on_reading(reading: Reading) -> None:
+            writer.bin.add(reading)
+            with self._lock:
+                self._status.polled += 1
+
+        def on_cycle(reading: Reading) -> None:
+            self._beat()
+            with self._lock:
+                self._status.last_values = dict(reading.values)
+                self._status.last_errors = dict(reading.errors)
+            self._copy_poll_stats(poller, writer.bin)
+            # Checked every cycle, not only when a reading arrives: with the device gone, a
+            # partial bin must still be written within flush_interval_sec.
+            self._count_stored(writer.flush_if_due())
+            self.first_cycle.set()
+
+        while not self.stop_event.is_set():
+            try:
+                core.run_poll_loop(
+                    poller,
+                    on_reading,
+                    self.stop_event,
+                    self.config.modbus.poll_rate_hz,
+                    self.clock,
+                    on_cycle=on_cycle,
+                )
+            except Exception:
+                log.exception("poll loop failed; restarting it in %.0f s", LOOP_RESTART_SEC)
+                self.stop_event.wait(LOOP_RESTART_SEC)
+
+    def _on_write_error(self, _exc: Exception) -> None:
+        # Disk full is the usual cause: let the maintenance loop make room now.
+        self._maintenance_wanted.set()
+        self._wake.set()
+
+    def _count_stored(self, written: int) -> None:
+        if written:
+            with self._lock:
+                self._status.stored += written
+                self._status.backlog += written
 
     def _copy_poll_stats(self, poller: core.Poller, reading_bin: core.ReadingBin) -> None:
         with self._lock:
@@ -363,27 +358,6 @@ class Daemon:
             with self._lock:
                 self._status.pruned += report.deleted
                 self._status.backlog = database.count_unsent(conn)
-
-
-class _WriteRetry:
-    """Spacing of retries after a failed batch write (a full disk is not fixed in 100 ms)."""
-
-    def __init__(self, clock: Callable[[], float]) -> None:
-        self.clock = clock
-        self.backoff = core.Backoff(base=0.5, cap=10.0, clock=clock)
-        self.next_attempt_at = 0.0
-
-    def ready(self) -> bool:
-        return self.clock() >= self.next_attempt_at
-
-    def failed(self) -> float:
-        delay = self.backoff.failure()
-        self.next_attempt_at = self.backoff.next_attempt_at
-        return delay
-
-    def succeeded(self) -> None:
-        self.backoff.success()
-        self.next_attempt_at = 0.0
 
 
 @contextmanager
