@@ -31,11 +31,8 @@ from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
-from pymodbus.constants import ExcCodes
-
 from nixlog.config import ModbusConfig, RegisterConfig
 from nixlog.modbus_client import ModbusReadError, create_client
-from nixlog.registers import KIND_OF_FUNCTION_CODE
 from nixlog.scanner import DEFAULT_SCAN_TIMEOUT_SEC, Scanner, parse_units
 from nixlog.simulator import (
     EXAMPLE_REGISTERS,
@@ -43,28 +40,6 @@ from nixlog.simulator import (
     SimulatorServer,
     build_simulator_context,
 )
-
-
-class RefusingContext(SimulatorContext):
-    """The simulator refusing (exception 2) any read that touches an unmapped address."""
-
-    async def async_getValues(
-        self, device_id: int, func_code: int, address: int, count: int = 1
-    ) -> list[int] | list[bool] | ExcCodes:
-        answer = await super().async_getValues(device_id, func_code, address, count)
-        kind = KIND_OF_FUNCTION_CODE.get(func_code)
-        if isinstance(answer, list) and kind is not None:
-            mapped = self._mapped.get((device_id, kind), set())
-            if any(a not in mapped for a in range(address, address + count)):
-                return ExcCodes.ILLEGAL_ADDRESS
-        return answer
-
-    def prepare(self) -> RefusingContext:
-        """Index the mapped addresses once (the benchmark must not measure the simulator)."""
-        self._mapped: dict[tuple[int, str], set[int]] = {}
-        for r in self.registers:
-            self._mapped.setdefault((r.unit_id, r.kind), set()).update(range(r.address, r.end))
-        return self
 
 
 def meter_registers() -> list[RegisterConfig]:
@@ -178,7 +153,8 @@ def main() -> None:
     print(f"default scan timeout {DEFAULT_SCAN_TIMEOUT_SEC} s; socat ptys do not pace baud rate")
     for transport in transports:
         registers(transport, "example", build_simulator_context(EXAMPLE_REGISTERS), options.count)
-        registers(transport, "meter", RefusingContext(meter_registers()).prepare(), options.count)
+        meter = SimulatorContext(meter_registers(), refuse_unmapped=True)
+        registers(transport, "meter", meter, options.count)
     if not options.skip_sweep:
         for transport in transports:
             sweep(transport, units)

@@ -206,7 +206,7 @@ def config_check(config: ConfigOption = None) -> None:
     api = cfg.api
     stdout.print(
         f"database: {escape(str(cfg.database.path))}; api: "
-        + (escape(api.endpoint) if api else "not configured (no [api] section)")
+        + (escape(api.endpoint) if api else escape("not configured (no [api] section)"))
     )
 
 

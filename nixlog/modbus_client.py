@@ -142,6 +142,7 @@ class ModbusLink:
         self.retries = modbus.retries
         self._gap = modbus.request_gap_ms / 1000.0
         self._call_timeout = modbus.timeout_sec
+        self._call_settle: float | None = None
         self._last_io = 0.0
         self._client: ModbusTcpClient | ModbusSerialClient
         if modbus.is_tcp:
@@ -237,12 +238,16 @@ class ModbusLink:
         *,
         timeout: float | None = None,
         retries: int | None = None,
+        settle_sec: float | None = None,
     ) -> list[int] | list[bool]:
         """Read ``count`` registers (or bits) of ``kind`` from ``start`` on ``unit_id``.
 
         ``timeout``/``retries`` override the config for this call only (the commissioning
-        scanner probes absent units with a short timeout and no retry). Raises
-        ``ReadTimeout``, ``DeviceException``, ``LinkDown`` or ``BadResponse``.
+        scanner probes absent units with a short timeout and no retry). ``settle_sec``
+        overrides how long an RTU line is left to go quiet after a failure (default: one
+        more timeout); a unit sweep uses a short one, since an answer from another unit is
+        refused by its unit id anyway. Raises ``ReadTimeout``, ``DeviceException``,
+        ``LinkDown`` or ``BadResponse``.
         """
         from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 
@@ -254,6 +259,7 @@ class ModbusLink:
         client = self._client
         params = client.comm_params
         self._call_timeout = self.timeout if timeout is None else timeout
+        self._call_settle = settle_sec
         params.timeout_connect = self._call_timeout
         client.transaction.retries = self.retries if retries is None else retries
         try:
@@ -334,7 +340,8 @@ class ModbusLink:
         port: Any = self._client.socket
         if port is None:
             return
-        time.sleep(min(self._call_timeout, RTU_SETTLE_MAX_SEC))
+        settle = self._call_settle
+        time.sleep(min(self._call_timeout, RTU_SETTLE_MAX_SEC) if settle is None else settle)
         try:
             port.reset_input_buffer()
         except OSError:
@@ -386,6 +393,7 @@ class ReadLink(Protocol):
         *,
         timeout: float | None = None,
         retries: int | None = None,
+        settle_sec: float | None = None,
     ) -> list[int] | list[bool]:
         """Read words or bits, or raise a ``ModbusReadError``."""
 

@@ -79,3 +79,32 @@ def test_help_does_not_import_pymodbus_or_httpx() -> None:
     log = _imported_modules("--help")
     assert "pymodbus" not in log
     assert "httpx" not in log
+
+
+def test_config_check_without_api_says_so(tmp_path: Path) -> None:
+    """A config without [api] checks OK and says literally that the section is missing."""
+    path = tmp_path / "c.toml"
+    path.write_text(
+        '[modbus]\nport = "/dev/ttyUSB0"\n[[modbus.registers_to_read]]\nname = "v"\naddress = 0\n',
+        encoding="utf-8",
+    )
+    result = CliRunner().invoke(app, ["config", "check", "-c", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "api: not configured (no [api] section)" in result.stdout
+
+
+def test_db_stats_does_not_import_pymodbus_or_httpx(tmp_path: Path) -> None:
+    """`nixlog db stats` stays fast on a Pi: the station modules' heavy imports stay lazy."""
+    db = tmp_path / "x.db"
+    path = tmp_path / "c.toml"
+    path.write_text(
+        f'[database]\npath = "{db}"\n[modbus]\nport = "/dev/ttyUSB0"\n'
+        '[[modbus.registers_to_read]]\nname = "v"\naddress = 0\n',
+        encoding="utf-8",
+    )
+    from nixlog import database
+
+    database.close(database.open_db(db))
+    log = _imported_modules("db", "stats", "-c", str(path))
+    assert "pymodbus" not in log
+    assert "httpx" not in log

@@ -234,6 +234,7 @@ class ScriptedLink:
         *,
         timeout: float | None = None,
         retries: int | None = None,
+        settle_sec: float | None = None,
     ) -> list[int]:
         self.starts.append(self.clock.now)
         self.clock.advance(next(self.durations, 0.01))
