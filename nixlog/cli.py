@@ -1074,6 +1074,8 @@ def demo(
                     live.update(_demo_dashboard(daemon.status(), deadline - time.monotonic()))
                     time.sleep(0.25)
                 live.update(_demo_dashboard(daemon.status(), 0.0))
+            if not console.is_terminal:
+                console.print()  # off a terminal, Live leaves its last frame unterminated
         except KeyboardInterrupt:
             interrupted = True
         summary = rig.finish()
