@@ -15,13 +15,15 @@ import argparse
 import shutil
 import tempfile
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from nixlog import database
 from nixlog.api_client import ApiClient
 from nixlog.config import ApiConfig, Secret
 from nixlog.core import publish_pending
-from nixlog.model import Reading
+from nixlog.model import Reading, Value
 from nixlog.receiver import Receiver
 
 DEVICE = "bench-logger"
@@ -53,7 +55,7 @@ def build_backlog(path: Path, count: int) -> None:
             size = min(5000, count - start)
             bin_ = []
             for i in range(start, start + size):
-                values: dict[str, int | float | bool] = {
+                values: dict[str, Value] = {
                     name: round(230.0 + (i % 97) * 0.137 + k, 3)
                     for k, name in enumerate(NAMES[:-1])
                 }
@@ -88,33 +90,59 @@ def drain(template: Path, workdir: Path, batch_size: int, gzip: bool) -> tuple[i
     return summary.delivered, elapsed, summary.requests
 
 
+@dataclass(frozen=True)
+class Drain:
+    """One drain of the whole backlog through one client configuration."""
+
+    batch_size: int
+    gzip: bool
+    delivered: int
+    seconds: float
+    requests: int
+
+    @property
+    def rate(self) -> float:
+        """Readings delivered per second."""
+        return self.delivered / self.seconds
+
+
+CONFIGS = ((500, False), (500, True), (100, False), (1000, False))
+
+
+def measure(readings: int = 100_000, configs: Sequence[tuple[int, bool]] = CONFIGS) -> list[Drain]:
+    """Build the backlog once, drain a fresh copy per (batch size, gzip) configuration."""
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        template = workdir / "backlog.db"
+        build_backlog(template, readings)
+        for batch_size, gzip in configs:
+            delivered, seconds, requests = drain(template, workdir, batch_size, gzip)
+            results.append(Drain(batch_size, gzip, delivered, seconds, requests))
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--readings", type=int, default=100_000)
     args = parser.parse_args()
-    configs = [(500, False), (500, True), (100, False), (1000, False)]
-    with tempfile.TemporaryDirectory() as tmp:
-        workdir = Path(tmp)
-        template = workdir / "backlog.db"
-        t0 = time.perf_counter()
-        build_backlog(template, args.readings)
+    t0 = time.perf_counter()
+    results = measure(args.readings)
+    print(
+        f"backlog: {args.readings:,} readings of {len(NAMES)} registers; "
+        f"built and drained {len(results)} times in {time.perf_counter() - t0:.1f} s"
+    )
+    print(
+        f"{'batch':>6} {'gzip':>5} {'requests':>9} {'seconds':>8} {'readings/s':>11} "
+        f"{'us/reading':>11} {'x production':>13} {'week drains in':>15}"
+    )
+    for got in results:
+        week = WEEK_READINGS / got.rate
         print(
-            f"backlog: {args.readings:,} readings of {len(NAMES)} registers "
-            f"({template.stat().st_size / 1e6:.1f} MB) built in {time.perf_counter() - t0:.1f} s"
+            f"{got.batch_size:>6} {('on' if got.gzip else 'off'):>5} {got.requests:>9,} "
+            f"{got.seconds:>8.2f} {got.rate:>11,.0f} {1e6 / got.rate:>11.1f} "
+            f"{got.rate / PRODUCTION_RATE:>12,.0f}x {week / 60:>12.1f} min"
         )
-        print(
-            f"{'batch':>6} {'gzip':>5} {'requests':>9} {'seconds':>8} {'readings/s':>11} "
-            f"{'us/reading':>11} {'x production':>13} {'week drains in':>15}"
-        )
-        for batch_size, gzip in configs:
-            delivered, seconds, requests = drain(template, workdir, batch_size, gzip)
-            rate = delivered / seconds
-            week = WEEK_READINGS / rate
-            print(
-                f"{batch_size:>6} {('on' if gzip else 'off'):>5} {requests:>9,} {seconds:>8.2f} "
-                f"{rate:>11,.0f} {1e6 / rate:>11.1f} {rate / PRODUCTION_RATE:>12,.0f}x "
-                f"{week / 60:>12.1f} min"
-            )
     print(
         f"production rate: {PRODUCTION_RATE:g} readings/s; a week = {WEEK_READINGS:,.0f} readings"
     )

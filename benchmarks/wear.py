@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -208,6 +209,49 @@ def run_phase(design: str, phase: str, db: Path, count: int, batch: int) -> dict
     return result
 
 
+@dataclass(frozen=True)
+class Wear:
+    """One design's lifetime: per phase and in total, bytes written and fsyncs per reading."""
+
+    design: str
+    phases: dict[str, dict[str, float]]
+    bytes_per_reading: float
+    fsyncs_per_reading: float
+
+
+def measure(
+    readings: int = 50_000, batch: int = 100, directory: Path | None = None
+) -> tuple[float, list[Wear]]:
+    """Row content in bytes, and the lifetime wear of nixlog's storage and the seed design.
+
+    ``directory`` must be on a block device (tmpfs reports nothing written).
+    """
+    payload = payload_bytes(make_readings(1000))
+    designs = []
+    with tempfile.TemporaryDirectory(dir=directory) as tmp:
+        for design in ("nixlog", "naive"):
+            db = Path(tmp) / f"{design}.db"
+            phases = {}
+            for phase in ("insert", "mark_sent", "prune"):
+                got = run_phase(design, phase, db, readings, batch)
+                phases[phase] = {
+                    "bytes": got["write_bytes"] / readings,
+                    "fsyncs": got["fsyncs"] / readings,
+                    "seconds": got["seconds"],
+                }
+            designs.append(
+                Wear(
+                    design,
+                    phases,
+                    sum(p["bytes"] for p in phases.values()),
+                    sum(p["fsyncs"] for p in phases.values()),
+                )
+            )
+        if os.environ.get("NIXLOG_WEAR_KEEP"):
+            input(f"databases in {tmp}; press Enter to delete them")
+    return payload, designs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--readings", type=int, default=50_000)
@@ -221,37 +265,26 @@ def main() -> None:
     if args.child:
         child(args)
         return
-    payload = payload_bytes(make_readings(1000))
+    payload, designs = measure(args.readings, args.batch, args.dir)
     print(
         f"{args.readings} readings of 12 registers, batches of {args.batch}, "
         f"row content {payload:.0f} bytes (timestamp + device id + data)"
     )
     if not shutil.which("strace"):
         print("(strace not found: fsyncs not counted)")
-    with tempfile.TemporaryDirectory(dir=args.dir) as directory:
-        header = f"{'design':8} {'phase':10} {'bytes/reading':>14} {'× content':>10} "
-        header += f"{'fsync/reading':>14} {'seconds':>8}"
-        print(header)
-        for design in ("nixlog", "naive"):
-            db = Path(directory) / f"{design}.db"
-            totals = {"write_bytes": 0.0, "fsyncs": 0.0}
-            for phase in ("insert", "mark_sent", "prune"):
-                got = run_phase(design, phase, db, args.readings, args.batch)
-                per = got["write_bytes"] / args.readings
-                fsyncs = got["fsyncs"] / args.readings
-                totals["write_bytes"] += got["write_bytes"]
-                totals["fsyncs"] += got["fsyncs"]
-                print(
-                    f"{design:8} {phase:10} {per:14.0f} {per / payload:10.2f} "
-                    f"{fsyncs:14.4f} {got['seconds']:8.2f}"
-                )
-            per = totals["write_bytes"] / args.readings
+    header = f"{'design':8} {'phase':10} {'bytes/reading':>14} {'× content':>10} "
+    header += f"{'fsync/reading':>14} {'seconds':>8}"
+    print(header)
+    for wear in designs:
+        for phase, got in wear.phases.items():
             print(
-                f"{design:8} {'LIFETIME':10} {per:14.0f} {per / payload:10.2f} "
-                f"{totals['fsyncs'] / args.readings:14.4f}"
+                f"{wear.design:8} {phase:10} {got['bytes']:14.0f} {got['bytes'] / payload:10.2f} "
+                f"{got['fsyncs']:14.4f} {got['seconds']:8.2f}"
             )
-        if os.environ.get("NIXLOG_WEAR_KEEP"):
-            input(f"databases in {directory}; press Enter to delete them")
+        print(
+            f"{wear.design:8} {'LIFETIME':10} {wear.bytes_per_reading:14.0f} "
+            f"{wear.bytes_per_reading / payload:10.2f} {wear.fsyncs_per_reading:14.4f}"
+        )
 
 
 if __name__ == "__main__":
