@@ -15,6 +15,7 @@ import os
 import socket
 import time
 from collections.abc import Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
@@ -328,14 +329,19 @@ class ModbusLink:
             time.sleep(remaining)
 
     def _settle_after_failure(self) -> None:
-        """On RTU, let a late answer finish arriving, then drop it before the next request.
+        """Make sure a late answer to this request cannot be read as the next one's.
 
-        Otherwise a slow device's answer to this request would be read as the answer to the
-        next one (RTU frames carry no transaction id; TCP frames do, so TCP skips this). We
-        wait one more timeout (at most ``RTU_SETTLE_MAX_SEC``): an answer later than twice
-        the timeout is beyond any guard, and a unit that fails is backed off anyway.
+        RTU frames carry no transaction id: we let the line go quiet for one more timeout
+        (at most ``RTU_SETTLE_MAX_SEC``; an answer later than that is beyond any guard, and a
+        unit that fails is backed off anyway), then drop what arrived. TCP frames carry one,
+        but it cannot be trusted: pymodbus 3.16's own server and some gateways label a late
+        answer with the id of the request that follows. So on TCP the connection is replaced
+        at once: a late answer dies with the old socket, and a new one costs a handshake.
         """
         if self.is_tcp:
+            self.close()
+            with suppress(ModbusReadError):
+                self.connect()  # if this fails, the next read reports the lost link
             return
         port: Any = self._client.socket
         if port is None:
