@@ -290,6 +290,7 @@ class Daemon:
         conn = None
         client: Any = None
         backoff = core.Backoff(clock=self.clock)
+        repeats = _RepeatFilter(self.clock)
         next_publish = next_maintain = self.clock()
         try:
             conn = database.open_db(self.config.database.path)
@@ -306,6 +307,13 @@ class Daemon:
                         self._maintenance_wanted.clear()
                         self._maintain(conn)
                         next_maintain = self.clock() + self.maintain_interval_sec
+                except NixlogError as exc:
+                    # Field trouble (disk full, database locked): one line, not a traceback
+                    # a second; the same message again only once a minute.
+                    if repeats.should_log(str(exc)):
+                        log.error("ship loop: %s; going on in %.0f s", exc, LOOP_RESTART_SEC)
+                    next_publish = max(next_publish, self.clock() + LOOP_RESTART_SEC)
+                    next_maintain = max(next_maintain, self.clock() + LOOP_RESTART_SEC)
                 except Exception:
                     log.exception("ship loop failed; going on in %.0f s", LOOP_RESTART_SEC)
                     next_publish = max(next_publish, self.clock() + LOOP_RESTART_SEC)
@@ -358,6 +366,23 @@ class Daemon:
             with self._lock:
                 self._status.pruned += report.deleted
                 self._status.backlog = database.count_unsent(conn)
+
+
+class _RepeatFilter:
+    """Lets a log message through when it is new, or once per ``interval`` when repeated."""
+
+    def __init__(self, clock: Callable[[], float], interval: float = 60.0) -> None:
+        self.clock = clock
+        self.interval = interval
+        self._last: tuple[str, float] | None = None
+
+    def should_log(self, message: str) -> bool:
+        now = self.clock()
+        last = self._last
+        if last is not None and last[0] == message and now - last[1] < self.interval:
+            return False
+        self._last = (message, now)
+        return True
 
 
 @contextmanager

@@ -53,6 +53,9 @@ BUSY_TIMEOUT_MS: Final = 5000
 WAL_AUTOCHECKPOINT_PAGES: Final = 1000  # ~4 MB of WAL at 4 KiB pages, then a checkpoint
 JOURNAL_SIZE_LIMIT_BYTES: Final = 8 * 1024 * 1024  # a WAL is truncated back to this size
 DEFAULT_HEADROOM_BYTES: Final = 16 * 1024 * 1024  # WAL bound + a batch + slack: never 100 % full
+RESERVE_BYTES: Final = 2 * 1024 * 1024
+"""A file kept beside the database and given back when the disk is full, so that a prune can
+commit: even a DELETE must write its pages to the WAL first (SQLITE_FULL otherwise)."""
 HYSTERESIS: Final = 0.05  # once pruning, free 5 % more than the bare minimum
 MIN_CHUNK_ROWS: Final = 200
 MAX_CHUNK_ROWS: Final = 5000
@@ -963,8 +966,9 @@ def _measure(conn: sqlite3.Connection, free_disk: Callable[[Path], int]) -> Meas
     # watches only the disk would delete everything. The WAL is room as well: it is bounded
     # (autocheckpoint, journal_size_limit), reused after each checkpoint, and paid for by
     # the headroom; without this, the WAL growing under a DELETE would look like a loss.
+    # The reserve is ours to give back, so releasing or restoring it is no loss or gain.
     return Measurement(
-        free_bytes=free_disk(path) + freelist * page_size + wal_bytes,
+        free_bytes=free_disk(path) + freelist * page_size + wal_bytes + _reserve_size(path),
         live_bytes=(page_count - freelist) * page_size,
     )
 
@@ -983,6 +987,61 @@ def _reason(measurement: Measurement, budget: Budget) -> str:
             f"{budget.max_live_bytes / MB:.1f}"
         )
     return "; ".join(parts)
+
+
+def reserve_path(path: Path) -> Path:
+    """Where the disk-full reserve of the database at ``path`` lives."""
+    return path.with_name(path.name + ".reserve")
+
+
+def _reserve_size(path: Path) -> int:
+    try:
+        return reserve_path(path).stat().st_size
+    except OSError:
+        return 0
+
+
+def _release_reserve(path: Path) -> bool:
+    """Give the reserve back to the filesystem; True when there was one."""
+    try:
+        reserve_path(path).unlink()
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        log.warning("%s: cannot release the disk reserve: %s", path, exc.strerror)
+        return False
+    log.warning(
+        "%s: disk full: released the %d MiB reserve so that pruning can commit",
+        path,
+        RESERVE_BYTES // (1024 * 1024),
+    )
+    return True
+
+
+def ensure_reserve(path: Path, free_disk: Callable[[Path], int] = free_disk_bytes) -> bool:
+    """Create the reserve file if it is missing and the disk has room for it twice over.
+
+    Written with zeros and fsynced (a sparse file would reserve nothing). True when a reserve
+    exists afterwards. Never raises: a missing reserve only matters on a full disk.
+    """
+    reserve = reserve_path(path)
+    if reserve.exists():
+        return True
+    try:
+        if free_disk(path) < 2 * RESERVE_BYTES:
+            return False
+        fd = os.open(reserve, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except (OSError, DatabaseError):
+        return False
+    try:
+        os.write(fd, bytes(RESERVE_BYTES))
+        os.fsync(fd)
+    except OSError:
+        os.close(fd)
+        reserve.unlink(missing_ok=True)
+        return False
+    os.close(fd)
+    return True
 
 
 def prune_database(
@@ -1005,6 +1064,8 @@ def prune_database(
     measurement = _measure(conn, free_disk)
     need = bytes_to_free(measurement, budget)
     if need == 0:
+        if not dry_run:
+            ensure_reserve(_path_of(conn), free_disk)
         return PruneReport(dry_run=dry_run)
     reason = _reason(measurement, budget)
     with _reading(conn, "planning the prune"):
@@ -1021,6 +1082,9 @@ def prune_database(
         )
         return PruneReport(dry_run=True, bytes_to_free=need, reason=reason, plan=plan)
 
+    path = _path_of(conn)
+    if free_disk(path) < RESERVE_BYTES:
+        _release_reserve(path)
     total = _Chunk()
     chunks: list[_Chunk] = []
     warning: str | None = None
@@ -1049,6 +1113,7 @@ def prune_database(
                 break
             need = still_needed
     unsent_ranges = tuple((c.first, c.last) for c in chunks if c.unsent)
+    ensure_reserve(path, free_disk)
     if total.unsent:
         log.warning(
             "%s: disk budget forced dropping %d UNSENT readings (ids %s)",
