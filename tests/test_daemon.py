@@ -29,6 +29,7 @@ from tests.daemon_helpers import (
     stopped_counts,
     wait_until,
 )
+from tests.fixtures_http import TEST_API_KEY
 from tests.receiver import ScriptedReceiver, Step
 
 
@@ -152,6 +153,7 @@ def test_api_outage_loses_nothing_and_polling_keeps_its_rate(
     ledger = read_ledger(db_path)
     assert receiver.stats.unique == len(ledger.ids)
     assert "publishing failed" in daemon.log
+    assert TEST_API_KEY not in daemon.log
 
 
 def test_device_disappears_and_comes_back(
