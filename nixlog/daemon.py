@@ -79,6 +79,8 @@ class DaemonStatus:
             text += f", rejected {self.rejected}"
         if self.pruned:
             text += f", pruned {self.pruned}"
+        if self.dropped:
+            text += f", LOST {self.dropped} (database not writable)"
         if self.last_publish_error:
             text += f", API: {self.last_publish_error}"
         return text

@@ -324,3 +324,12 @@ def test_wal_is_checkpointed_on_stop(
     conn = sqlite3.connect(db_path)
     assert conn.execute("SELECT count(*) FROM readings").fetchone()[0] >= 20
     conn.close()
+
+
+def test_status_line_names_readings_lost_to_an_unwritable_database() -> None:
+    """The status/stopped line says LOST when readings were dropped from a full memory bin."""
+    from nixlog.daemon import DaemonStatus
+
+    assert "LOST" not in DaemonStatus(polled=10, stored=10).summary()
+    line = DaemonStatus(polled=10, stored=4, dropped=6, uptime_sec=1.0).summary()
+    assert "LOST 6 (database not writable)" in line
