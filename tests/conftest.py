@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.fixtures_modbus",
     "tests.fixtures_http",
     "tests.fixtures_db",
+    "tests.daemon_helpers",
 ]

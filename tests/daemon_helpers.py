@@ -1,7 +1,8 @@
 """Run the real ``nixlog daemon`` process against the simulator and a local receiver.
 
-Shared by the daemon tests and the fault suite: a config writer, a process wrapper with
-SIGTERM timing, and the "nothing lost" accounting over the database and the receiver.
+Shared by the daemon tests and the fault suite (loaded as a pytest plugin for its
+``processes`` fixture): a config writer, a process wrapper with SIGTERM timing, and the
+"nothing lost" accounting over the database and the receiver.
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from tests.fixtures_http import TEST_API_KEY
 from tests.fixtures_modbus import write_config
@@ -189,3 +192,12 @@ def stopped_counts(log: str) -> dict[str, int]:
         if match:
             counts[name] = int(match.group(1))
     return counts
+
+
+@pytest.fixture
+def processes() -> Iterator[list[DaemonProcess]]:
+    """Daemons started by a test; SIGKILLed if the test left one running."""
+    started: list[DaemonProcess] = []
+    yield started
+    for process in started:
+        process.stop_quietly()

@@ -10,10 +10,8 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-
-import pytest
 
 from nixlog import core, database
 from nixlog.api_client import ApiClient
@@ -31,15 +29,6 @@ from tests.daemon_helpers import (
 )
 from tests.fixtures_http import TEST_API_KEY
 from tests.receiver import ScriptedReceiver, Step
-
-
-@pytest.fixture
-def processes() -> Iterator[list[DaemonProcess]]:
-    """Daemons started by a test; killed if the test left one running."""
-    started: list[DaemonProcess] = []
-    yield started
-    for process in started:
-        process.stop_quietly()
 
 
 def drain(config_path: Path) -> None:

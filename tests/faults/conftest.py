@@ -6,18 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.daemon_helpers import DaemonProcess
 from tests.faults.helpers import SlowReceiver
 from tests.fixtures_http import TEST_API_KEY
-
-
-@pytest.fixture
-def processes() -> Iterator[list[DaemonProcess]]:
-    """Daemons started by a test; SIGKILLed if the test left one running."""
-    started: list[DaemonProcess] = []
-    yield started
-    for process in started:
-        process.stop_quietly()
 
 
 @pytest.fixture
