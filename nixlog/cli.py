@@ -304,6 +304,7 @@ def poll(
     """Read the register map and show readings live; stores nothing unless --save."""
     import json
     import threading
+    from contextlib import nullcontext
 
     from rich.live import Live
 
@@ -320,16 +321,21 @@ def poll(
             store = _open_poll_store(cfg)
         on_reading = store.add if store is not None else (lambda reading: None)
         stdout = _console()
-        if json_output:
+        live_view = stdout.is_terminal and not json_output
+        # Into a pipe or file, without --json: no redrawing, only the last table at the end.
+        with Live(console=stdout, auto_refresh=False) if live_view else nullcontext() as live:
 
             def on_cycle(reading: Any) -> None:
                 outcome.record(reading)
-                record = {
-                    "timestamp": reading.timestamp,
-                    "values": reading.values,
-                    "errors": reading.errors,
-                }
-                typer.echo(json.dumps(record, ensure_ascii=False))
+                if json_output:
+                    record = {
+                        "timestamp": reading.timestamp,
+                        "values": reading.values,
+                        "errors": reading.errors,
+                    }
+                    typer.echo(json.dumps(record, ensure_ascii=False))
+                elif live is not None:
+                    live.update(_poll_table(poller, reading), refresh=True)
 
             core.run_poll_loop(
                 poller,
@@ -337,31 +343,6 @@ def poll(
                 threading.Event(),
                 cfg.modbus.poll_rate_hz,
                 on_cycle=on_cycle,
-                max_cycles=max_cycles,
-            )
-        elif stdout.is_terminal:
-            with Live(console=stdout, auto_refresh=False) as live:
-
-                def on_cycle(reading: Any) -> None:
-                    outcome.record(reading)
-                    live.update(_poll_table(poller, reading), refresh=True)
-
-                core.run_poll_loop(
-                    poller,
-                    on_reading,
-                    threading.Event(),
-                    cfg.modbus.poll_rate_hz,
-                    on_cycle=on_cycle,
-                    max_cycles=max_cycles,
-                )
-        else:
-            # Into a pipe or file: no redrawing, only the last table (--json streams instead).
-            core.run_poll_loop(
-                poller,
-                on_reading,
-                threading.Event(),
-                cfg.modbus.poll_rate_hz,
-                on_cycle=outcome.record,
                 max_cycles=max_cycles,
             )
     finally:
