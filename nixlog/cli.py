@@ -138,10 +138,6 @@ def _main(
     _setup_logging(verbose)
 
 
-def _not_built(command: str) -> NixlogError:
-    return NixlogError(f"`nixlog {command}` is not available in nixlog {__version__} yet")
-
-
 # --------------------------------------------------------------------------- config check
 
 
