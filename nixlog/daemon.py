@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import FrameType
 from typing import Any
 
@@ -98,12 +98,10 @@ class Daemon:
         self,
         config: Config,
         *,
-        notifier: Notifier | None = None,
         clock: Callable[[], float] = time.monotonic,
         maintain_interval_sec: float = MAINTAIN_INTERVAL_SEC,
     ) -> None:
         self.config = config
-        self.notifier = notifier if notifier is not None else Notifier({})
         self.clock = clock
         self.maintain_interval_sec = maintain_interval_sec
         self.stop_event = threading.Event()
@@ -183,9 +181,11 @@ class Daemon:
     def status(self) -> DaemonStatus:
         """A copy of the counters."""
         with self._lock:
-            snapshot = DaemonStatus(**{**self._status.__dict__})
-            snapshot.last_values = dict(self._status.last_values)
-            snapshot.last_errors = dict(self._status.last_errors)
+            snapshot = replace(
+                self._status,
+                last_values=dict(self._status.last_values),
+                last_errors=dict(self._status.last_errors),
+            )
         snapshot.uptime_sec = self.clock() - self._started_at
         return snapshot
 
@@ -429,7 +429,7 @@ def run_daemon(config: Config, notifier: Notifier | None = None) -> int:
     Raises ``NixlogError`` (database unusable, no device id) before any loop starts.
     """
     notifier = notifier if notifier is not None else Notifier()
-    daemon = Daemon(config, notifier=notifier)
+    daemon = Daemon(config)
     watchdog = notifier.watchdog_interval_sec
     stall_after = watchdog * 2 if watchdog else STALL_DEFAULT_SEC
     with _signal_handlers(daemon):
