@@ -36,7 +36,7 @@ import sqlite3
 import struct
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -162,10 +162,10 @@ def _translate(exc: sqlite3.Error, path: Path, doing: str) -> DatabaseError:
 
 
 @contextmanager
-def _reading(conn: sqlite3.Connection, doing: str) -> Iterator[None]:
-    """Run reads in one snapshot; translate sqlite3 errors."""
+def _transaction(conn: sqlite3.Connection, doing: str, begin: str) -> Iterator[None]:
+    """Run the block in one transaction opened by ``begin``; translate sqlite3 errors."""
     try:
-        conn.execute("BEGIN")
+        conn.execute(begin)
         yield
         conn.execute("COMMIT")
     except sqlite3.Error as exc:
@@ -176,23 +176,18 @@ def _reading(conn: sqlite3.Connection, doing: str) -> Iterator[None]:
         raise
 
 
-@contextmanager
-def _writing(conn: sqlite3.Connection, doing: str) -> Iterator[None]:
+def _reading(conn: sqlite3.Connection, doing: str) -> AbstractContextManager[None]:
+    """Run reads in one snapshot."""
+    return _transaction(conn, doing, "BEGIN")
+
+
+def _writing(conn: sqlite3.Connection, doing: str) -> AbstractContextManager[None]:
     """One ``BEGIN IMMEDIATE`` write transaction: takes the write lock up front.
 
     A deferred transaction that upgrades to a writer mid-way can fail with "database is
     locked" without the busy timeout helping; IMMEDIATE waits for the lock instead.
     """
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-        yield
-        conn.execute("COMMIT")
-    except sqlite3.Error as exc:
-        _rollback(conn)
-        raise _translate(exc, _path_of(conn), doing) from exc
-    except BaseException:
-        _rollback(conn)
-        raise
+    return _transaction(conn, doing, "BEGIN IMMEDIATE")
 
 
 def _rollback(conn: sqlite3.Connection) -> None:
