@@ -124,7 +124,7 @@ def test_tcp_nodelay_is_set(tcp_simulator: SimulatorServer) -> None:
     """The TCP socket has Nagle switched off."""
     link = create_client(modbus_config(tcp_simulator.address))
     link.connect()
-    sock = link._client.socket
+    sock = link.tcp_socket
     assert isinstance(sock, socket.socket)
     assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
     link.close()
