@@ -22,6 +22,7 @@ from nixlog.config import Config, RegisterConfig
 from nixlog.modbus_client import (
     FAILURE_DISCONNECTED,
     FAILURE_TIMEOUT,
+    LATE_ANSWER,
     FaultLog,
     ModbusReadError,
     ReadLink,
@@ -242,7 +243,8 @@ class Poller:
                     self._suspect.add(_block_key(request))
                 reconnected = True
             elif result.failure == FAILURE_TIMEOUT:
-                silent.add(unit)
+                # A late answer is still an answer: the unit is there, this block is slow.
+                (answered if result.error == LATE_ANSWER else silent).add(unit)
                 block_silent.append(request)
                 self._suspect.add(_block_key(request))
             else:

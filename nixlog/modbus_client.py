@@ -16,6 +16,7 @@ import logging
 import os
 import socket
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
@@ -228,9 +229,11 @@ class ModbusLink:
         self._char_sec = bits / modbus.baudrate
         self._late_sec = 0.0  # the latest answer seen on this line, from its request
         self._asked: set[int] = set()  # units addressed on this line (their strays are known)
-        # unit -> the answer to its last request and when it came (absent after a failure)
-        self._last_answer: dict[int, tuple[bytes, float]] = {}
+        # unit -> its answers since its last failure, and when each came (a copy of one of
+        # them arriving later is a second answer; anything else is a late one)
+        self._answers: dict[int, deque[tuple[bytes, float]]] = {}
         self._twice: dict[int, float] = {}  # unit seen answering twice -> delay of the copy
+        self._first_sent: float | None = None  # when the first try of this read was sent
 
     @property
     def is_tcp(self) -> bool:
@@ -329,6 +332,7 @@ class ModbusLink:
         settle = min(call_timeout, RTU_SETTLE_MAX_SEC) if settle_sec is None else settle_sec
         failure: ModbusReadError | None = None
         late = False
+        self._first_sent = None
         try:
             for _ in range(tries):
                 if not self.connected:
@@ -383,21 +387,31 @@ class ModbusLink:
         self._discard_stale(port)
         frame = rtu_request(unit, function, start, count)
         self._asked.add(unit)
-        self._last_answer.pop(unit, None)
         expected = rtu_answer_length(function, count)
         sent = time.monotonic()
         self._serial_io(port.write, frame)
+        first_sent, self._first_sent = self._first_sent, self._first_sent or sent
         # The deadline counts the wire time of both frames on top of the device's time.
         deadline = sent + timeout + (len(frame) + expected) * self._char_sec
         try:
             answer = self._rtu_answer(port, unit, function, count, expected, deadline)
         except (ReadTimeout, BadResponse) as exc:
+            self._answers.pop(unit, None)
             seen = self._settle(port, unit, sent, settle)
             if seen and isinstance(exc, ReadTimeout):
                 raise ReadTimeout(str(exc), LATE_ANSWER) from exc
             raise
         answered = time.monotonic()
-        self._last_answer[unit] = (answer, answered)
+        self._answers.setdefault(unit, deque(maxlen=RECENT_ANSWERS)).append((answer, answered))
+        if first_sent is not None:
+            # A retry was answered: that may have been the late answer to the first try (the
+            # same request, so the same values), with the retry's own answer still to come.
+            # It must not be read as the next request's answer: wait for it, drop it.
+            quiet = max(settle, RTU_QUIET_CHARS * self._char_sec)
+            until = answered + 1.25 * (answered - first_sent) + quiet
+            first = self._drain(port, until, quiet, late=True)
+            if first is not None:
+                self._late_sec = min(RTU_SETTLE_CAP_SEC, max(self._late_sec, first - sent))
         echo = self._twice.get(unit)
         if echo is not None:
             self._drain(port, answered + 1.5 * echo, RTU_QUIET_CHARS * self._char_sec)
@@ -440,17 +454,17 @@ class ModbusLink:
                 raise BadResponse(exc.reason) from exc
             return frame
 
-    def _stray(self, frame: bytes, at: float) -> None:
+    def _stray(self, frame: bytes, at: float, late: bool = False) -> None:
         """Diagnose a valid frame that answers no request in flight (and log it once).
 
-        A copy of the answer its unit gave to its last request is a second answer (and ``at``
-        minus that answer's time bounds how long to wait for copies from now on); anything
-        else is the late answer to a request that failed.
+        A copy of an answer its unit gave since its last failure is a second answer (and
+        ``at`` minus that answer's time bounds how long to wait for copies from now on);
+        anything else (and anything when ``late``) is the late answer to a failed request.
         """
         unit = frame[0]
-        last = self._last_answer.get(unit)
-        if last is not None and last[0] == frame:
-            delay = max(0.0, min(at - last[1], RTU_SETTLE_MAX_SEC))
+        given = [t for answer, t in self._answers.get(unit, ()) if answer == frame]
+        if not late and given:
+            delay = max(0.0, min(at - given[-1], RTU_SETTLE_MAX_SEC))
             self._twice[unit] = min(self._twice.get(unit, delay), delay)
             kind = ANSWERED_TWICE
         else:
@@ -465,14 +479,14 @@ class ModbusLink:
             self._serial_io(port.reset_input_buffer)
             self._diagnose(bytes(data), time.monotonic())
 
-    def _diagnose(self, data: bytes, at: float) -> bool:
+    def _diagnose(self, data: bytes, at: float, late: bool = False) -> bool:
         """Name stray bytes (second or late answers, or noise); True if any frame was found."""
         found = False
         while len(data) >= RTU_HEADER_LENGTH:
             length = rtu_frame_length(data[:RTU_HEADER_LENGTH])
             if length is None or len(data) < length or not crc_ok(data[:length]):
                 break
-            self._stray(data[:length], at)
+            self._stray(data[:length], at, late)
             found = True
             data = data[length:]
         if data and not found:
@@ -496,7 +510,7 @@ class ModbusLink:
         self._late_sec = min(RTU_SETTLE_CAP_SEC, max(self._late_sec, first - sent))
         return True
 
-    def _drain(self, port: Any, until: float, quiet: float) -> float | None:
+    def _drain(self, port: Any, until: float, quiet: float, late: bool = False) -> float | None:
         """Read and drop bytes until ``until`` and ``quiet`` seconds after the last one.
 
         Capped at ``RTU_SETTLE_CAP_SEC`` from now (a chattering line must not stall the
@@ -516,7 +530,7 @@ class ModbusLink:
             arrived += chunk + (self._serial_io(port.read, waiting) if waiting else b"")
             until = min(cap, max(until, at + quiet))
         self._serial_io(port.reset_input_buffer)
-        if first is not None and not self._diagnose(bytes(arrived), first):
+        if first is not None and not self._diagnose(bytes(arrived), first, late):
             self.faults.note(("noise", 0), f"{self.description}: stray bytes discarded")
         return first
 

@@ -1,0 +1,67 @@
+"""Drive a Poller against a misbehaving device and check what it stored, value by value."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from nixlog.config import ModbusConfig, RegisterConfig
+from nixlog.core import Poller, run_poll_loop
+from nixlog.modbus_client import create_client
+from nixlog.model import Reading
+from tests.peers.devices import value_of
+
+
+def holding(name: str, address: int, unit: int = 1) -> RegisterConfig:
+    """A uint16 holding register of ``unit``."""
+    return RegisterConfig(name, address, unit_id=unit)
+
+
+@dataclass
+class Run:
+    """The cycles of a poll run: every reading, values per register, errors seen."""
+
+    poller: Poller
+    cycles: list[Reading] = field(default_factory=list)
+    values: Counter[str] = field(default_factory=Counter)
+    errors: Counter[str] = field(default_factory=Counter)
+
+
+def poll_for(
+    modbus: ModbusConfig, seconds: float, rate_hz: float, poller: Poller | None = None
+) -> Run:
+    """Run ``run_poll_loop`` for ``seconds``; every cycle's reading is kept."""
+    poller = poller or Poller(create_client(modbus), modbus.registers)
+    run = Run(poller)
+    stop = threading.Event()
+    timer = threading.Timer(seconds, stop.set)
+    timer.start()
+    try:
+        run_poll_loop(poller, lambda _: None, stop, rate_hz, on_cycle=run.cycles.append)
+    finally:
+        timer.cancel()
+        poller.close()
+    for reading in run.cycles:
+        run.values.update(reading.values.keys())
+        run.errors.update(reading.errors.values())
+    return run
+
+
+def assert_no_wrong_value(run: Run, registers: Sequence[RegisterConfig]) -> None:
+    """Every value stored is exactly what the device holds at that register's address."""
+    by_name = {register.name: register for register in registers}
+    for reading in run.cycles:
+        for name, value in reading.values.items():
+            register = by_name[name]
+            expected = value_of(register.unit_id, register.address)
+            assert value == expected, (
+                f"{name} = {value}, the device holds {expected} "
+                f"(cycle at {reading.timestamp}; errors {reading.errors})"
+            )
+
+
+def log_lines(messages: Sequence[str], text: str) -> int:
+    """How many log messages contain ``text``."""
+    return sum(1 for message in messages if text in message)
