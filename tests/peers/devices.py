@@ -9,6 +9,7 @@ one) each goes out. The default behaviour answers at once and correctly.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import socket
@@ -99,17 +100,13 @@ class RtuDevice:
         self._wake.set()
         self._reader.join(5)
         self._writer.join(5)
-        try:
+        with contextlib.suppress(OSError):
             os.close(self._fd)
-        except OSError:
-            pass
 
     def count(self, unit: int, start: int | None = None) -> int:
         """Requests received for ``unit`` (and ``start``)."""
         return sum(
-            1
-            for _, r in self.requests
-            if r.unit == unit and (start is None or r.start == start)
+            1 for _, r in self.requests if r.unit == unit and (start is None or r.start == start)
         )
 
     def _read_loop(self) -> None:
@@ -220,9 +217,7 @@ class TcpDevice:
     def count(self, unit: int, start: int | None = None) -> int:
         """Requests received for ``unit`` (and ``start``)."""
         return sum(
-            1
-            for _, r in self.requests
-            if r.unit == unit and (start is None or r.start == start)
+            1 for _, r in self.requests if r.unit == unit and (start is None or r.start == start)
         )
 
     def _accept_loop(self) -> None:
@@ -238,6 +233,8 @@ class TcpDevice:
 
     def _serve(self, conn: socket.socket) -> None:
         conn.settimeout(0.1)
+        # Answers sent in two writes (a copy) must not wait for an ACK: no Nagle here either.
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         buffer = b""
         with conn:
             while not self._stop.is_set():

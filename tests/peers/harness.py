@@ -6,6 +6,8 @@ import threading
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 from nixlog.config import ModbusConfig, RegisterConfig
 from nixlog.core import Poller, run_poll_loop
@@ -65,3 +67,30 @@ def assert_no_wrong_value(run: Run, registers: Sequence[RegisterConfig]) -> None
 def log_lines(messages: Sequence[str], text: str) -> int:
     """How many log messages contain ``text``."""
     return sum(1 for message in messages if text in message)
+
+
+def peer_config(
+    directory: Path, port: str, registers: Sequence[RegisterConfig], **modbus: Any
+) -> Path:
+    """A config file for ``nixlog poll``/``daemon`` reading ``registers`` on ``port``."""
+    settings = {"timeout_sec": 0.3, "retries": 1, "poll_rate_hz": 10, **modbus}
+    lines = [
+        "[device]",
+        'id = "peer-test"',
+        "[database]",
+        f'path = "{directory / "nixlog.db"}"',
+        "[modbus]",
+        f'port = "{port}"',
+        *(f"{key} = {value}" for key, value in settings.items()),
+    ]
+    for register in registers:
+        lines += [
+            "[[modbus.registers_to_read]]",
+            f'name = "{register.name}"',
+            f"address = {register.address}",
+            f"unit_id = {register.unit_id}",
+        ]
+    path = directory / "config.toml"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    path.chmod(0o600)
+    return path
