@@ -4,7 +4,8 @@ Each device holds a value for every address of every unit (``value_of``), distin
 and address, so a value stored under the wrong register is always visible. A device answers
 through ``behaviour(request) -> list of (delay, frame)``: the frames it sends for one request
 and how long after the request (or, for a queueing device, after it finished the previous
-one) each goes out. The default behaviour answers at once and correctly.
+one) each goes out. The default behaviour answers at once and correctly. Devices count
+requests per (unit, start) and keep nothing else per request (long runs stay flat).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import socket
 import struct
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -62,8 +64,8 @@ class RtuDevice:
 
     ``queue=True`` serves requests one after the other (a slave that queues requests: an
     answer's delay counts from when the previous request was done); otherwise each request
-    is answered on its own schedule. ``units`` lists who answers at all; ``requests`` records
-    every request received, with the time.
+    is answered on its own schedule. ``units`` lists who answers at all; ``requests`` counts
+    every request received per (unit, start).
     """
 
     def __init__(
@@ -78,7 +80,7 @@ class RtuDevice:
         self.units = units
         self.behaviour = behaviour
         self.queue = queue
-        self.requests: list[tuple[float, Request]] = []
+        self.requests: Counter[tuple[int, int]] = Counter()  # (unit, start) -> requests
         self._fd = os.open(path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -105,9 +107,7 @@ class RtuDevice:
 
     def count(self, unit: int, start: int | None = None) -> int:
         """Requests received for ``unit`` (and ``start``)."""
-        return sum(
-            1 for _, r in self.requests if r.unit == unit and (start is None or r.start == start)
-        )
+        return sum(n for (u, s), n in self.requests.items() if u == unit and start in (None, s))
 
     def _read_loop(self) -> None:
         buffer = b""
@@ -130,7 +130,7 @@ class RtuDevice:
 
     def _received(self, request: Request) -> None:
         now = time.monotonic()
-        self.requests.append((now, request))
+        self.requests[request.unit, request.start] += 1
         if request.unit not in self.units:
             return
         sends = self.behaviour(request)
@@ -192,7 +192,7 @@ class TcpDevice:
 
     def __init__(self, behaviour: TcpBehaviour = tcp_correct) -> None:
         self.behaviour = behaviour
-        self.requests: list[tuple[float, Request]] = []
+        self.requests: Counter[tuple[int, int]] = Counter()  # (unit, start) -> requests
         self.connections = 0
         self._server = socket.create_server(("127.0.0.1", 0))
         self._server.settimeout(0.1)
@@ -216,9 +216,7 @@ class TcpDevice:
 
     def count(self, unit: int, start: int | None = None) -> int:
         """Requests received for ``unit`` (and ``start``)."""
-        return sum(
-            1 for _, r in self.requests if r.unit == unit and (start is None or r.start == start)
-        )
+        return sum(n for (u, s), n in self.requests.items() if u == unit and start in (None, s))
 
     def _accept_loop(self) -> None:
         while not self._stop.is_set():
@@ -228,7 +226,7 @@ class TcpDevice:
                 continue
             self.connections += 1
             thread = threading.Thread(target=self._serve, args=(conn,), daemon=True)
-            self._threads.append(thread)
+            self._threads = [t for t in self._threads if t.is_alive()] + [thread]
             thread.start()
 
     def _serve(self, conn: socket.socket) -> None:
@@ -252,7 +250,7 @@ class TcpDevice:
                     pdu, buffer = buffer[7 : 6 + length], buffer[6 + length :]
                     function, start, count = struct.unpack(">BHH", pdu[:5])
                     request = Request(unit, function, start, count)
-                    self.requests.append((time.monotonic(), request))
+                    self.requests[request.unit, request.start] += 1
                     for delay, frame in self.behaviour(transaction, request):
                         if delay:
                             time.sleep(delay)

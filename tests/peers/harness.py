@@ -29,25 +29,45 @@ class Run:
     cycles: list[Reading] = field(default_factory=list)
     values: Counter[str] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)
+    count: int = 0  # cycles run
 
 
 def poll_for(
-    modbus: ModbusConfig, seconds: float, rate_hz: float, poller: Poller | None = None
+    modbus: ModbusConfig,
+    seconds: float,
+    rate_hz: float,
+    poller: Poller | None = None,
+    *,
+    keep: bool = True,
 ) -> Run:
-    """Run ``run_poll_loop`` for ``seconds``; every cycle's reading is kept."""
+    """Run ``run_poll_loop`` for ``seconds``; every cycle's reading is counted (and kept).
+
+    With ``keep=False`` readings are checked against the device as they come and dropped, so
+    a long run holds no growing list (for memory measurements).
+    """
     poller = poller or Poller(create_client(modbus), modbus.registers)
     run = Run(poller)
+    by_name = {register.name: register for register in modbus.registers}
+
+    def on_cycle(reading: Reading) -> None:
+        run.values.update(reading.values.keys())
+        run.errors.update(reading.errors.values())
+        run.count += 1
+        if keep:
+            run.cycles.append(reading)
+            return
+        for name, value in reading.values.items():
+            register = by_name[name]
+            assert value == value_of(register.unit_id, register.address), (name, value)
+
     stop = threading.Event()
     timer = threading.Timer(seconds, stop.set)
     timer.start()
     try:
-        run_poll_loop(poller, lambda _: None, stop, rate_hz, on_cycle=run.cycles.append)
+        run_poll_loop(poller, lambda _: None, stop, rate_hz, on_cycle=on_cycle)
     finally:
         timer.cancel()
         poller.close()
-    for reading in run.cycles:
-        run.values.update(reading.values.keys())
-        run.errors.update(reading.errors.values())
     return run
 
 

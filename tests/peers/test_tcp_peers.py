@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from nixlog.cli import app
+from nixlog.core import Poller
 from nixlog.frames import encode_answer_pdu
-from nixlog.modbus_client import LATE_ANSWER
+from nixlog.modbus_client import LATE_ANSWER, create_client
 from tests.fixtures_modbus import modbus_config
 from tests.peers.devices import Request, Send, TcpDevice, tcp_correct, tcp_frame
 from tests.peers.harness import (
@@ -137,3 +139,42 @@ def test_second_copy_with_the_old_transaction_id_is_skipped(
     assert not run.errors
     assert device.connections == 1
     assert log_lines(caplog.messages, LATE_ANSWER) <= 2  # once per unit
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def _rss_kib() -> int:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+@pytest.mark.parametrize(
+    "seconds",
+    [pytest.param(4.0, id="short"), pytest.param(60.0, id="minute", marks=pytest.mark.slow)],
+)
+def test_memory_and_descriptors_stay_flat_under_faults(seconds: float) -> None:
+    """A gateway dropping the link and doubling answers, for a while: no fd or memory growth."""
+    registers = (holding("a", 0), holding("drop", 100), holding("c", 0, unit=2))
+
+    def behaviour(transaction: int, request: Request) -> list[Send]:
+        if request.start == 100:
+            return [(0.0, None)]
+        frame = tcp_correct(transaction, request)[0][1]
+        return [(0.0, frame), (0.0, frame)]
+
+    device = TcpDevice(behaviour).start()
+    modbus = modbus_config(device.address, registers, retries=0)
+    poller = Poller(create_client(modbus), registers, unit_backoff=(0.05, 0.1))
+    try:
+        warm = poll_for(modbus, seconds / 3, 50.0, poller, keep=False)
+        poller.link.connect()
+        fds, rss = _open_fds(), _rss_kib()
+        run = poll_for(modbus, 2 * seconds / 3, 50.0, poller, keep=False)  # checks each value
+        assert _open_fds() <= fds
+        growth = _rss_kib() - rss
+    finally:
+        device.stop()
+    assert run.values["a"] >= 0.9 * run.count and warm.values["a"] > 0
+    assert device.connections > 5  # the backoff is short: the link is dropped over and over
+    assert growth < 1024, f"resident memory grew {growth} KiB"
