@@ -414,7 +414,7 @@ class ModbusLink:
                 self._late_sec = min(RTU_SETTLE_CAP_SEC, max(self._late_sec, first - sent))
         echo = self._twice.get(unit)
         if echo is not None:
-            self._drain(port, answered + 1.5 * echo, RTU_QUIET_CHARS * self._char_sec)
+            self._await_copy(port, answer, answered + 1.5 * echo + len(answer) * self._char_sec)
         parsed = parse_pdu(answer[1:-2], function, count)
         if parsed.code is not None:
             raise DeviceException(parsed.code)
@@ -470,6 +470,18 @@ class ModbusLink:
         else:
             kind = LATE_ANSWER
         self.faults.note((kind, unit), f"{self.description}: unit {unit} {kind}")
+
+    def _await_copy(self, port: Any, answer: bytes, until: float) -> None:
+        """Wait (until ``until`` at most) for the second copy of ``answer``, and drop it."""
+        copy = self._read_until(port, len(answer), until)
+        if copy:
+            self._diagnose(copy + self._drop_waiting(port), time.monotonic())
+
+    def _drop_waiting(self, port: Any) -> bytes:
+        waiting = self._serial_io(lambda: port.in_waiting)
+        data = bytes(self._serial_io(port.read, waiting)) if waiting else b""
+        self._serial_io(port.reset_input_buffer)
+        return data
 
     def _discard_stale(self, port: Any) -> None:
         """Drop whatever arrived since the last transaction, diagnosing it first."""
