@@ -56,6 +56,8 @@ CONNECT_BACKOFF_BASE_SEC = 0.5
 CONNECT_BACKOFF_CAP_SEC = 30.0
 UNIT_SILENT_GRACE = 1
 """Silent cycles a unit is forgiven before it is backed off (one lost answer is noise)."""
+LINK_DROP_GRACE = 2
+"""Connections a request may see dropped in a row before it is blamed and backed off."""
 
 
 def utc_timestamp(now: datetime | None = None) -> str:
@@ -115,6 +117,7 @@ class Poller:
         self._unit_silent: dict[int, int] = {}
         self._block_backoff: dict[tuple[int, str, int, int], Backoff] = {}
         self._block_silent: dict[tuple[int, str, int, int], int] = {}
+        self._block_drops: dict[tuple[int, str, int, int], int] = {}
         self._suspect: set[tuple[int, str, int, int]] = set()  # unanswered when last sent
         self.faults = FaultLog(poll_log, clock=clock)
         base, cap = connect_backoff
@@ -263,7 +266,7 @@ class Poller:
         self._update_unit_backoff(silent - answered, answered)
         # A silent block of a unit that answered nothing is the unit's backoff, not its own.
         silent_alone = [r for r in block_silent if r.unit_id in answered]
-        self._update_block_backoff(silent_alone + link_killers, block_ok)
+        self._update_block_backoff(silent_alone, link_killers, block_ok)
         return timestamp
 
     def _reconnect(self) -> bool:
@@ -285,32 +288,45 @@ class Poller:
         return backoff is not None and not backoff.ready()
 
     def _update_block_backoff(
-        self, silent: Sequence[ReadRequest], answered: Sequence[ReadRequest]
+        self,
+        silent: Sequence[ReadRequest],
+        killers: Sequence[ReadRequest],
+        answered: Sequence[ReadRequest],
     ) -> None:
+        """Count each block's silent (or link-dropping) tries in a row; back off past grace.
+
+        A dropped link is blamed on a request only after ``LINK_DROP_GRACE`` drops in a row on
+        it: a gateway or proxy that resets now and then hits whichever request is in flight.
+        """
         for request in answered:
             key = _block_key(request)
-            if self._block_silent.pop(key, 0) > UNIT_SILENT_GRACE:
-                poll_log.warning("%s answers again", request.describe())
-                self.faults.clear(("block", key))
+            silent_count = self._block_silent.pop(key, 0)
+            if silent_count > UNIT_SILENT_GRACE or self._block_drops.get(key, 0) > LINK_DROP_GRACE:
+                self.faults.note(("block again", key), f"{request.describe()} answers again")
+            self._block_drops.pop(key, None)
             backoff = self._block_backoff.get(key)
             if backoff is not None:
                 backoff.success()
-        for request in silent:
-            key = _block_key(request)
-            count = self._block_silent.get(key, 0) + 1
-            self._block_silent[key] = count
-            if count <= UNIT_SILENT_GRACE:
-                continue
-            backoff = self._block_backoff.get(key)
-            if backoff is None:
-                base, cap = self._unit_backoff_limits
-                backoff = self._block_backoff[key] = Backoff(base=base, cap=cap, clock=self.clock)
-            delay = backoff.failure()
-            self.faults.note(
-                ("block", key),
-                f"{request.describe()} does not answer (its unit answers other requests); "
-                f"skipping this request, next try in {delay:.1f} s",
-            )
+        for requests, counts, grace, what in (
+            (silent, self._block_silent, UNIT_SILENT_GRACE, "does not answer"),
+            (killers, self._block_drops, LINK_DROP_GRACE, "drops the connection"),
+        ):
+            for request in requests:
+                key = _block_key(request)
+                count = counts[key] = counts.get(key, 0) + 1
+                if count <= grace:
+                    continue
+                backoff = self._block_backoff.get(key)
+                if backoff is None:
+                    base, cap = self._unit_backoff_limits
+                    backoff = Backoff(base=base, cap=cap, clock=self.clock)
+                    self._block_backoff[key] = backoff
+                delay = backoff.failure()
+                self.faults.note(
+                    ("block", key),
+                    f"{request.describe()} {what} (its unit answers other requests); "
+                    f"skipping this request, next try in {delay:.1f} s",
+                )
 
     def _read(self, request: ReadRequest) -> RequestResult:
         self.stats.requests += 1
@@ -357,8 +373,7 @@ class Poller:
     def _update_unit_backoff(self, silent: set[int], answered: set[int]) -> None:
         for unit in answered:
             if self._unit_silent.pop(unit, 0) > UNIT_SILENT_GRACE:
-                poll_log.warning("unit %d answers again", unit)
-                self.faults.clear(("unit", unit))
+                self.faults.note(("unit again", unit), f"unit {unit} answers again")
             backoff = self._unit_backoff.get(unit)
             if backoff is not None:
                 backoff.success()

@@ -64,7 +64,7 @@ def test_gateway_dropping_the_connection_on_one_request(caplog: pytest.LogCaptur
     assert device.count(1, 100) <= 6  # backed off, not asked every cycle
     assert device.connections <= device.count(1, 100) + 1
     assert log_lines(caplog.messages, "lost connection") == 1
-    assert log_lines(caplog.messages, "holding 100-100 (1 register) does not answer") == 1
+    assert log_lines(caplog.messages, "holding 100-100 (1 register) drops the connection") == 1
 
 
 def test_answer_from_unit_255_is_named_and_poll_does_not_say_unreachable(
