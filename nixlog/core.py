@@ -238,7 +238,9 @@ class Poller:
                 continue
             self.stats.failed_requests += 1
             if result.failure == FAILURE_DISCONNECTED:
-                self.last_link_error = f"lost connection to {self.link.description}"
+                self.last_link_error = (
+                    result.detail or f"lost connection to {self.link.description}"
+                )
                 if reconnected or not self._reconnect():
                     link_lost = True
                 else:

@@ -224,6 +224,7 @@ class ModbusLink:
         self._serial: Any = None
         self._sock: socket.socket | None = None
         self._transaction = 0
+        self._tcp_last = b""  # the last answer frame taken on TCP (to recognise a copy)
         # RTU line state: one character is start + data + parity + stop bits.
         bits = 1 + modbus.bytesize + (0 if modbus.parity == "N" else 1) + modbus.stopbits
         self._char_sec = bits / modbus.baudrate
@@ -591,12 +592,13 @@ class ModbusLink:
             if mbap.transaction == transaction:
                 break
             if 0 < (transaction - mbap.transaction) & 0xFFFF <= RECENT_ANSWERS:
-                self.faults.note(
-                    (LATE_ANSWER, mbap.unit), f"{self.description}: unit {mbap.unit} {LATE_ANSWER}"
-                )
+                # An earlier transaction's answer: a copy of the last one, or a late one.
+                kind = ANSWERED_TWICE if header + pdu == self._tcp_last else LATE_ANSWER
+                self.faults.note((kind, mbap.unit), f"{self.description}: unit {mbap.unit} {kind}")
                 continue
             self.close()
             raise BadResponse(f"answer to transaction {mbap.transaction} (sent {transaction})")
+        self._tcp_last = header + pdu
         if mbap.unit != unit:
             raise BadResponse(f"answer from unit {mbap.unit} (asked {unit})")
         try:
@@ -647,6 +649,7 @@ class RequestResult:
     error: str | None = None
     failure: str | None = None
     exception_code: int | None = None
+    detail: str | None = None  # the whole message, for logs ("lost serial port ...: ...")
 
     @property
     def ok(self) -> bool:
@@ -689,7 +692,13 @@ def read_request(link: ReadLink, request: ReadRequest) -> RequestResult:
         values = link.read(request.unit_id, request.kind, request.start, request.count)
     except ModbusReadError as exc:
         code = exc.code if isinstance(exc, DeviceException) else None
-        return RequestResult(request, error=exc.reason, failure=exc.failure, exception_code=code)
+        return RequestResult(
+            request,
+            error=exc.reason,
+            failure=exc.failure,
+            exception_code=code,
+            detail=exc.message,
+        )
     return RequestResult(request, values=values)
 
 
