@@ -332,8 +332,15 @@ class Poller:
 
     def _read(self, request: ReadRequest) -> RequestResult:
         self.stats.requests += 1
+        # A request or unit tried again after a backoff is probed once, without retries: it
+        # has failed every time so far, and its retries would cost everyone's bus time.
+        block = self._block_backoff.get(_block_key(request))
+        unit = self._unit_backoff.get(request.unit_id)
+        probe = (block is not None and block.failures > 0) or (
+            unit is not None and unit.failures > 0
+        )
         try:
-            return read_request(self.link, request)
+            return read_request(self.link, request, retries=0 if probe else None)
         except Exception as exc:
             # A bug in a library must not kill the poller of an unattended logger: record it
             # with its traceback and keep polling the rest.

@@ -118,12 +118,16 @@ class BadResponse(ModbusReadError):
     """An answer that does not fit the request (CRC, unit, function, length): never trusted.
 
     ``reason`` names what was wrong: "crc error", "answer from unit 255 (asked 1)", ...
+    ``complete`` marks a whole, intact frame that is simply not the answer asked for (wrong
+    unit, function or length): the device did answer, so it is neither retried nor waited
+    out like a transmission error.
     """
 
     failure = FAILURE_INVALID
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, *, complete: bool = False) -> None:
         super().__init__(f"invalid response ({reason})", reason)
+        self.complete = complete
 
 
 class FaultLog:
@@ -348,6 +352,8 @@ class ModbusLink:
                 except (ReadTimeout, BadResponse) as exc:
                     failure = exc
                     late = late or exc.reason == LATE_ANSWER
+                    if isinstance(exc, BadResponse) and exc.complete:
+                        break  # it will answer the same again: no retry
                 finally:
                     self._last_io = time.monotonic()
         except LinkDown:
@@ -398,6 +404,11 @@ class ModbusLink:
             answer = self._rtu_answer(port, unit, function, count, expected, deadline)
         except (ReadTimeout, BadResponse) as exc:
             self._answers.pop(unit, None)
+            if isinstance(exc, BadResponse) and exc.complete:
+                # An intact frame came: only the end of the line's traffic is waited for.
+                quiet = RTU_QUIET_CHARS * self._char_sec
+                self._drain(port, time.monotonic() + quiet, quiet)
+                raise
             seen = self._settle(port, unit, sent, settle)
             if seen and isinstance(exc, ReadTimeout):
                 raise ReadTimeout(str(exc), LATE_ANSWER) from exc
@@ -448,11 +459,11 @@ class ModbusLink:
                 if frame[0] in self._asked:
                     self._stray(frame, time.monotonic())
                     continue
-                raise BadResponse(f"answer from unit {frame[0]} (asked {unit})")
+                raise BadResponse(f"answer from unit {frame[0]} (asked {unit})", complete=True)
             try:
                 parse_pdu(frame[1:-2], function, count)
             except FrameError as exc:
-                raise BadResponse(exc.reason) from exc
+                raise BadResponse(exc.reason, complete=True) from exc
             return frame
 
     def _stray(self, frame: bytes, at: float, late: bool = False) -> None:
@@ -600,11 +611,11 @@ class ModbusLink:
             raise BadResponse(f"answer to transaction {mbap.transaction} (sent {transaction})")
         self._tcp_last = header + pdu
         if mbap.unit != unit:
-            raise BadResponse(f"answer from unit {mbap.unit} (asked {unit})")
+            raise BadResponse(f"answer from unit {mbap.unit} (asked {unit})", complete=True)
         try:
             parsed = parse_pdu(pdu, function, count)
         except FrameError as exc:
-            raise BadResponse(exc.reason) from exc
+            raise BadResponse(exc.reason, complete=True) from exc
         if parsed.code is not None:
             raise DeviceException(parsed.code)
         assert parsed.values is not None
@@ -686,10 +697,20 @@ class ReadLink(Protocol):
         """Read words or bits, or raise a ``ModbusReadError``."""
 
 
-def read_request(link: ReadLink, request: ReadRequest) -> RequestResult:
-    """Execute one planned request; every failure becomes a ``RequestResult`` with an error."""
+def read_request(
+    link: ReadLink, request: ReadRequest, *, retries: int | None = None
+) -> RequestResult:
+    """Execute one planned request; every failure becomes a ``RequestResult`` with an error.
+
+    ``retries`` overrides the configured retries (0 for a probe of a backed-off request).
+    """
     try:
-        values = link.read(request.unit_id, request.kind, request.start, request.count)
+        if retries is None:
+            values = link.read(request.unit_id, request.kind, request.start, request.count)
+        else:
+            values = link.read(
+                request.unit_id, request.kind, request.start, request.count, retries=retries
+            )
     except ModbusReadError as exc:
         code = exc.code if isinstance(exc, DeviceException) else None
         return RequestResult(

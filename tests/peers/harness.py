@@ -93,12 +93,14 @@ def peer_config(
     directory: Path, port: str, registers: Sequence[RegisterConfig], **modbus: Any
 ) -> Path:
     """A config file for ``nixlog poll``/``daemon`` reading ``registers`` on ``port``."""
-    settings = {"timeout_sec": 0.3, "retries": 1, "poll_rate_hz": 10, **modbus}
+    settings = {"timeout_sec": 0.3, "retries": 1, "poll_rate_hz": 10, "batch_size": 5, **modbus}
     lines = [
         "[device]",
         'id = "peer-test"',
         "[database]",
         f'path = "{directory / "nixlog.db"}"',
+        "storage_limit_gb = 0.0",
+        "flush_interval_sec = 0.5",
         "[modbus]",
         f'port = "{port}"',
         *(f"{key} = {value}" for key, value in settings.items()),
