@@ -209,6 +209,15 @@ def _serial_errors() -> tuple[type[BaseException], ...]:
 _SERIAL_ERRORS: Final = _serial_errors()
 
 
+@dataclass(frozen=True)
+class _Unseen:
+    """A request that timed out and whose late answer was not seen (yet)."""
+
+    shape: tuple[int, int, int]  # unit, function, count
+    start: int
+    sent: float
+
+
 class ModbusLink:
     """One Modbus connection (RTU or TCP) with our timeouts, retries, checks and error mapping.
 
@@ -238,7 +247,9 @@ class ModbusLink:
         # them arriving later is a second answer; anything else is a late one)
         self._answers: dict[int, deque[tuple[bytes, float]]] = {}
         self._twice: dict[int, float] = {}  # unit seen answering twice -> delay of the copy
-        self._first_sent: float | None = None  # when the first try of this read was sent
+        # The last request that timed out without its late answer being seen (it may still
+        # come, and look like the answer to a later request of the same shape).
+        self._unseen: _Unseen | None = None
 
     @property
     def is_tcp(self) -> bool:
@@ -337,7 +348,6 @@ class ModbusLink:
         settle = min(call_timeout, RTU_SETTLE_MAX_SEC) if settle_sec is None else settle_sec
         failure: ModbusReadError | None = None
         late = False
-        self._first_sent = None
         try:
             for _ in range(tries):
                 if not self.connected:
@@ -397,7 +407,6 @@ class ModbusLink:
         expected = rtu_answer_length(function, count)
         sent = time.monotonic()
         self._serial_io(port.write, frame)
-        first_sent, self._first_sent = self._first_sent, self._first_sent or sent
         # The deadline counts the wire time of both frames on top of the device's time.
         deadline = sent + timeout + (len(frame) + expected) * self._char_sec
         try:
@@ -410,20 +419,19 @@ class ModbusLink:
                 self._drain(port, time.monotonic() + quiet, quiet)
                 raise
             seen = self._settle(port, unit, sent, settle)
-            if seen and isinstance(exc, ReadTimeout):
-                raise ReadTimeout(str(exc), LATE_ANSWER) from exc
+            if seen:
+                self._unseen = None
+                if isinstance(exc, ReadTimeout):
+                    raise ReadTimeout(str(exc), LATE_ANSWER) from exc
+            elif isinstance(exc, ReadTimeout):
+                self._unseen = _Unseen((unit, function, count), start, sent)
             raise
         answered = time.monotonic()
         self._answers.setdefault(unit, deque(maxlen=RECENT_ANSWERS)).append((answer, answered))
-        if first_sent is not None:
-            # A retry was answered: that may have been the late answer to the first try (the
-            # same request, so the same values), with the retry's own answer still to come.
-            # It must not be read as the next request's answer: wait for it, drop it.
-            quiet = max(settle, RTU_QUIET_CHARS * self._char_sec)
-            until = answered + 1.25 * (answered - first_sent) + quiet
-            first = self._drain(port, until, quiet, late=True)
-            if first is not None:
-                self._late_sec = min(RTU_SETTLE_CAP_SEC, max(self._late_sec, first - sent))
+        unseen = self._unseen
+        if unseen is not None and unseen.shape == (unit, function, count):
+            self._unseen = None
+            self._check_not_late(port, unseen, start, sent, answered, settle)
         echo = self._twice.get(unit)
         if echo is not None:
             self._await_copy(port, answer, answered + 1.5 * echo + len(answer) * self._char_sec)
@@ -444,8 +452,6 @@ class ModbusLink:
             if len(header) < RTU_HEADER_LENGTH:
                 raise BadResponse("incomplete answer")
             length = rtu_frame_length(header)
-            if header[0] == unit and header[1] == function:
-                length = expected
             if length is None:
                 raise BadResponse("not a read answer")
             rest = self._read_until(port, length - RTU_HEADER_LENGTH, deadline)
@@ -463,8 +469,44 @@ class ModbusLink:
             try:
                 parse_pdu(frame[1:-2], function, count)
             except FrameError as exc:
+                if self._unseen is not None:
+                    # Intact but of another shape, with a late answer still possible: that
+                    # is what it is. Ours may yet come.
+                    self._late_seen(time.monotonic())
+                    self._stray(frame, time.monotonic(), late=True)
+                    continue
                 raise BadResponse(exc.reason, complete=True) from exc
             return frame
+
+    def _check_not_late(
+        self, port: Any, unseen: _Unseen, start: int, sent: float, answered: float, settle: float
+    ) -> None:
+        """Make sure the answer just taken was not the late answer of ``unseen``.
+
+        ``unseen`` timed out and nothing came during its settle; now a request of the same
+        shape (unit, function, count) got an answer, which may be that late answer. If it
+        was, this request's own answer comes about as late again: wait that long. Nothing
+        comes: the answer was this request's. Something comes: the answer taken was the
+        earlier one's, so it is refused (unless both asked for the same addresses: a retry)
+        and the line learns how late this device answers.
+        """
+        lateness = answered - unseen.sent
+        if lateness > RTU_SETTLE_CAP_SEC:
+            return
+        quiet = max(settle, RTU_QUIET_CHARS * self._char_sec)
+        first = self._drain(port, answered + 1.25 * lateness + quiet, quiet, late=True)
+        if first is None:
+            return
+        self._late_sec = min(RTU_SETTLE_CAP_SEC, max(self._late_sec, lateness, first - sent))
+        if unseen.start != start:
+            raise ReadTimeout(f"answer of unit {unseen.shape[0]} came late", LATE_ANSWER)
+
+    def _late_seen(self, at: float) -> None:
+        """Bytes came that may be the unseen late answer: learn how late (at most) it was."""
+        unseen, self._unseen = self._unseen, None
+        if unseen is not None:
+            lateness = min(RTU_SETTLE_CAP_SEC, at - unseen.sent)
+            self._late_sec = max(self._late_sec, lateness)
 
     def _stray(self, frame: bytes, at: float, late: bool = False) -> None:
         """Diagnose a valid frame that answers no request in flight (and log it once).
@@ -501,6 +543,7 @@ class ModbusLink:
         if waiting:
             data = self._serial_io(port.read, waiting)
             self._serial_io(port.reset_input_buffer)
+            self._late_seen(time.monotonic())
             self._diagnose(bytes(data), time.monotonic())
 
     def _diagnose(self, data: bytes, at: float, late: bool = False) -> bool:

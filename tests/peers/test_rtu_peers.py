@@ -268,3 +268,31 @@ def test_poll_json_against_a_queueing_late_slave(pty_pair: tuple[str, str], tmp_
         record = json.loads(line)
         assert record["values"] == {"r_2000": value_of(1, 2000), "r_65530": value_of(1, 65530)}
         assert record["errors"]["late_0"] in (LATE_ANSWER, "skipped: block not responding")
+
+
+def test_answer_later_than_timeout_and_settle_without_retries(
+    pty_pair: tuple[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """No retry, a block answered after timeout + settle, then same-shaped blocks: no shift.
+
+    The late answer lands while the next request of the same shape waits: nixlog waits as
+    long again for that request's own answer, refuses the ambiguous one, learns the lateness
+    and from then on settles long enough to see the late answer go by.
+    """
+    server_end, client_end = pty_pair
+    registers = (holding("late_0", 0), holding("shape_100", 100), holding("shape_200", 200))
+
+    def behaviour(request: Request) -> list[Send]:
+        return [(0.75 if request.start == 0 else 0.05, answer(request))]
+
+    device = RtuDevice(server_end, {1}, behaviour).start()
+    caplog.set_level(logging.WARNING, logger="nixlog")
+    try:
+        modbus = modbus_config(client_end, registers, timeout_sec=0.3, retries=0)
+        run = poll_for(modbus, seconds=6.0, rate_hz=5)
+    finally:
+        device.stop()
+    assert_no_wrong_value(run, registers)
+    assert run.values["late_0"] == 0
+    assert run.values["shape_100"] >= len(run.cycles) - 2  # at most the cycles it learned in
+    assert run.values["shape_200"] >= len(run.cycles) - 2
