@@ -46,12 +46,12 @@ def test_daemon_names_each_fault_once_and_stores_only_right_values(
     server_end, client_end = pty_pair
     device = RtuDevice(server_end, {1, 2, 3, 4}, behaviour).start()
     try:
-        config = peer_config(tmp_path, client_end, REGISTERS, poll_rate_hz=5)
+        config = peer_config(tmp_path, client_end, REGISTERS, poll_rate_hz=10)
         db_path = tmp_path / "nixlog.db"
         daemon = DaemonProcess(config)
         processes.append(daemon)
         wait_until(lambda: row_count(db_path) >= 3, 30, "the first readings", daemon)
-        time.sleep(5.0)
+        time.sleep(3.0)
         code, _ = daemon.terminate()
     finally:
         device.stop()

@@ -59,7 +59,7 @@ def test_queued_late_answers_never_shift_values(
     caplog.set_level(logging.WARNING, logger="nixlog")
     try:
         modbus = modbus_config(client_end, registers, timeout_sec=0.3, retries=1)
-        run = poll_for(modbus, seconds=7.0, rate_hz=5)
+        run = poll_for(modbus, seconds=5.0 if late_sec < 0.5 else 7.0, rate_hz=5)
     finally:
         device.stop()
     assert_no_wrong_value(run, registers)
@@ -125,7 +125,7 @@ def test_unit_silent_on_one_block_keeps_its_other_blocks(
     caplog.set_level(logging.WARNING, logger="nixlog")
     try:
         modbus = modbus_config(client_end, registers, timeout_sec=0.3, retries=1)
-        run = poll_for(modbus, seconds=5.0, rate_hz=4)
+        run = poll_for(modbus, seconds=4.0, rate_hz=4)
     finally:
         device.stop()
     assert_no_wrong_value(run, registers)
