@@ -65,6 +65,16 @@ class _NixlogGroup(TyperGroup):
                 # `nixlog export | head -1`: the reader has all it wanted; exit 0 quietly.
                 _silence_stdout()
                 result = 0
+            except SystemExit as exc:
+                # Typer turns EPIPE into exit 1 even outside standalone mode, and its rich
+                # help pages exit 1 after pointing stdout at /dev/null: both are a reader
+                # that had enough, so a quiet success too. Any other exit passes unchanged.
+                if exc.code != 1 or not (
+                    isinstance(exc.__context__, BrokenPipeError) or _stdout_is_devnull()
+                ):
+                    raise
+                _silence_stdout()
+                result = 0
         except typer.TyperException as exc:  # typer's click: UsageError, BadParameter...
             result = _usage_error(exc)
         except typer.Abort:
@@ -179,6 +189,10 @@ def _command(group: typer.Typer, name: str) -> Callable[[_F], _F]:
             except KeyboardInterrupt:
                 typer.echo("Interrupted.", err=True)
                 raise typer.Exit(EXIT_INTERRUPTED) from None
+            except BrokenPipeError:
+                # `nixlog poll --json | head -1`: the reader closed the pipe; not an error.
+                _silence_stdout()
+                raise typer.Exit(0) from None
 
         _add_verbose_option(wrapper, function)
         group.command(name)(wrapper)
@@ -973,6 +987,16 @@ def _check_output(output: Path, option: str = "--output") -> None:
             raise UsageError(f"{option}: cannot write {output}: the file is read-only")
     except OSError as exc:  # a name too long for the file system
         raise UsageError(f"{option}: cannot write {output}: {exc.strerror}") from None
+
+
+def _stdout_is_devnull() -> bool:
+    import contextlib
+    import io
+    import os
+
+    with contextlib.suppress(OSError, ValueError, io.UnsupportedOperation):
+        return os.path.samestat(os.fstat(sys.stdout.fileno()), os.stat(os.devnull))
+    return False
 
 
 def _silence_stdout() -> None:

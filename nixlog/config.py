@@ -717,7 +717,11 @@ def _overlaps(a: RegisterConfig, b: RegisterConfig) -> bool:
 def _build_register(table: _Table, default_unit: int) -> RegisterConfig:
     name = table.string("name")
     if not _NAME_RE.match(name):
-        raise table.error("name", f'must be letters, digits and "_.-" only, got "{name}"')
+        raise table.error(
+            "name",
+            'must start with a letter, then letters, digits and "_.-" only, '
+            f'got "{shorten(name, 80)}"',
+        )
     address = table.integer("address", minimum=0, maximum=65535)
     kind = table.string("kind", "holding", choices=REGISTER_KINDS)
     is_bit_kind = kind in BIT_KINDS
