@@ -287,7 +287,8 @@ def load_config(path: Path, env: Mapping[str, str] | None = None) -> Config:
             f"(at most {MAX_NESTING} levels)"
         ) from None
     except ValueError as exc:  # e.g. an integer of more than 4300 digits
-        raise ConfigError(f"{path}: invalid TOML: {_first_line(str(exc))}") from None
+        reason = _first_line(str(exc)).split(";")[0]  # drop Python's advice on sys settings
+        raise ConfigError(f"{path}: invalid TOML: {reason}") from None
     _check_nesting(path, document)
     return _build_config(path, document, env)
 
