@@ -93,7 +93,7 @@ def _usage_error(exc: Any) -> int:
         return int(getattr(exc, "exit_code", EXIT_USAGE))
     message = " ".join(str(exc.format_message()).split())
     ctx = getattr(exc, "ctx", None)
-    hint = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
+    hint = f" (see: {ctx.command_path if ctx is not None else 'nixlog'} --help)"
     typer.echo(f"Error: {message}{hint}", err=True)
     return int(getattr(exc, "exit_code", EXIT_USAGE))
 
