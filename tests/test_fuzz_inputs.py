@@ -283,7 +283,9 @@ COMMANDS = ["config check", "db stats", "export", "prune", "poll", "publish", "s
 
 
 @pytest.mark.parametrize("command", COMMANDS)
-def test_any_options_of_a_command_are_answered(option_workdir: Path, command: str) -> None:
+def test_any_options_of_a_command_are_answered(
+    option_workdir: Path, command: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Random option strings for each command: known exit code, one short answer."""
     strategy = _option_strategy(option_workdir)[command]
 
@@ -297,7 +299,7 @@ def test_any_options_of_a_command_are_answered(option_workdir: Path, command: st
         result = CliRunner().invoke(app, [*command.split(), *args], env={"NIXLOG_CONFIG": ""})
         _check_answer(result, args)
 
-    os.chdir(option_workdir)  # no ./config.toml here: only -c decides
+    monkeypatch.chdir(option_workdir)  # no ./config.toml here: only -c decides
     check()
 
 
