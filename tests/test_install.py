@@ -114,7 +114,7 @@ def test_unit_has_the_required_directives() -> None:
     # allow-list instead names every serial-port class it may open.
     assert "PrivateDevices" not in service
     allowed = unit["Service"]["DeviceAllow"]
-    for serial_class in ("ttyUSB", "ttyACM", "ttyAMA", "ttyS"):
+    for serial_class in ("ttyUSB", "ttyACM", "ttyAMA", "ttyS*"):
         assert f"char-{serial_class} rw" in allowed, serial_class
     assert service["LimitCORE"] == "0"  # the API key must not end up in a core dump
     assert service["CapabilityBoundingSet"] == ""
