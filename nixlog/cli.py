@@ -636,7 +636,11 @@ def prune(
     from nixlog import core, database
 
     cfg = _load(config)
-    if not cfg.database.path.exists():
+    try:
+        missing = not cfg.database.path.exists()
+    except OSError:  # a name too long for the file system: open_db says so in one line
+        missing = False
+    if missing:
         return  # nothing stored yet, so nothing to prune; cron stays quiet
     conn = database.open_db(cfg.database.path, create=False)
     try:

@@ -282,7 +282,8 @@ def test_database_path_too_long_for_the_file_system_is_one_line(tmp_path: Path) 
         'port = "/dev/ttyUSB0"\n[[modbus.registers_to_read]]\nname = "v"\naddress = 0\n',
         encoding="utf-8",
     )
-    result = CliRunner().invoke(app, ["db", "stats", "-c", str(cfg)])
-    assert result.exit_code == 74, result.output
-    assert len(result.stderr.splitlines()) == 1
-    assert "File name too long" in result.stderr
+    for command in (["db", "stats"], ["prune"], ["export"]):
+        result = CliRunner().invoke(app, [*command, "-c", str(cfg)])
+        assert result.exit_code == 74, result.output
+        assert len(result.stderr.splitlines()) == 1
+        assert "File name too long" in result.stderr

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import os
 import re
+import sqlite3
 import subprocess
 import sys
 import tomllib
@@ -211,7 +212,16 @@ def _option_strategy(workdir: Path) -> dict[str, st.SearchStrategy[list[str]]]:
     """Per command: option tokens, each with values that stay local and finish quickly."""
     good = str(workdir / "good.toml")
     configs = st.sampled_from(
-        [good, good, str(workdir / "missing.toml"), "/dev/zero", str(workdir), ""]
+        [
+            good,
+            good,
+            str(workdir / "long-db-path.toml"),
+            str(workdir / "foreign-db.toml"),
+            str(workdir / "missing.toml"),
+            "/dev/zero",
+            str(workdir),
+            "",
+        ]
     )
     when = st.one_of(
         st.sampled_from(
@@ -256,12 +266,16 @@ def _option_strategy(workdir: Path) -> dict[str, st.SearchStrategy[list[str]]]:
             pair("--stopbits", numbers), pair("--output", outputs), flag("--json"),
         ],
     }
-    return {
-        command: st.lists(
-            st.one_of(*common, *options, junk.map(lambda token: [token])), max_size=6
-        ).map(lambda groups: [token for group in groups for token in group])
-        for command, options in per_command.items()
-    }
+    # Junk is rare: a stray token makes the whole line a usage error, hiding the other values.
+    maybe_junk = st.one_of(st.just([]), st.just([]), st.just([]), junk.map(lambda t: [t]))
+
+    def command_line(options: list[st.SearchStrategy[list[str]]]) -> st.SearchStrategy[list[str]]:
+        groups = st.lists(st.one_of(*common, *options), max_size=5)
+        return st.tuples(groups, maybe_junk).map(
+            lambda drawn: [token for group in drawn[0] for token in group] + drawn[1]
+        )
+
+    return {command: command_line(options) for command, options in per_command.items()}
 
 
 @pytest.fixture(scope="module")
@@ -276,6 +290,19 @@ def option_workdir(workdir: Path) -> Path:
     good.write_text(tomli_w.dumps(document), encoding="utf-8")
     good.chmod(0o600)
     database.close(database.open_db(workdir / "fuzz.db"))
+    # The same config over a path the file system refuses, and over a foreign database.
+    document["database"]["path"] = str(workdir / ("a" * 300) / "x.db")
+    (workdir / "long-db-path.toml").write_text(tomli_w.dumps(document), encoding="utf-8")
+    foreign = workdir / "foreign.db"
+    database.close(database.open_db(foreign))
+    raw = sqlite3.connect(foreign)
+    raw.execute("UPDATE meta SET value = 'v2-beta' WHERE key = 'schema_version'")
+    raw.commit()
+    raw.close()
+    document["database"]["path"] = str(foreign)
+    (workdir / "foreign-db.toml").write_text(tomli_w.dumps(document), encoding="utf-8")
+    for name in ("long-db-path.toml", "foreign-db.toml"):
+        (workdir / name).chmod(0o600)
     return workdir
 
 
@@ -290,7 +317,7 @@ def test_any_options_of_a_command_are_answered(
     strategy = _option_strategy(option_workdir)[command]
 
     @settings(
-        max_examples=25,
+        max_examples=40,
         deadline=None,
         suppress_health_check=[HealthCheck.too_slow],
     )
