@@ -837,6 +837,16 @@ def _warn_clear_text(file: Path, endpoint: str) -> None:
     )
 
 
+def _check_key_text(table: _Table, name: str, key: str, source: str) -> None:
+    """A key travels in an HTTP header: one line of printable ASCII. The key is never shown."""
+    if not all(" " <= ch <= "~" for ch in key):
+        raise table.error(
+            name,
+            f"{source} must hold the key as one line of printable ASCII "
+            "(it is sent in an HTTP header); it holds another character",
+        )
+
+
 def _resolve_api_key(table: _Table, env: Mapping[str, str]) -> Secret:
     """The key comes from ``api_key``, else ``api_key_file``, else ``$NIXLOG_API_KEY``."""
     if table.has("api_key") and table.has("api_key_file"):
@@ -846,6 +856,7 @@ def _resolve_api_key(table: _Table, env: Mapping[str, str]) -> Secret:
     if inline is not None:
         if not inline.strip():
             raise table.error("api_key", "must not be empty")
+        _check_key_text(table, "api_key", inline.strip(), "api.api_key")
         return Secret(inline.strip())
     if key_file is not None:
         key_path = key_file if key_file.is_absolute() else table.file.parent / key_file
@@ -860,12 +871,10 @@ def _resolve_api_key(table: _Table, env: Mapping[str, str]) -> Secret:
             raise table.error("api_key_file", f"cannot read {shown}: {exc}") from None
         if not text:
             raise table.error("api_key_file", f"{shown} is empty")
-        if any(ord(ch) < 32 for ch in text):
-            raise table.error(
-                "api_key_file", f"{shown} holds more than one line or control characters"
-            )
+        _check_key_text(table, "api_key_file", text, shown)
         return Secret(text)
     from_env = env.get(ENV_API_KEY, "").strip()
     if from_env:
+        _check_key_text(table, "api_key", from_env, f"${ENV_API_KEY}")
         return Secret(from_env)
     raise table.error("api_key", f"missing: set api.api_key, api.api_key_file or ${ENV_API_KEY}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -482,3 +483,21 @@ def test_tcp_port_with_unclosed_bracket_is_one_line(tmp_path: Path) -> None:
     """`tcp://[::1` is a config error naming modbus.port, not a ValueError traceback."""
     with pytest.raises(ConfigError, match=r"modbus.port: expected \"tcp://host:port\""):
         load_text(tmp_path, MINIMAL.replace("/dev/ttyUSB0", "tcp://[::1"))
+
+
+@pytest.mark.parametrize("key", ["sk-é", "two\nlines", "tab\there", "del\x7f"])
+def test_api_key_that_cannot_be_a_header_is_refused_without_showing_it(
+    tmp_path: Path, key: str
+) -> None:
+    """A key from any source must be printable ASCII (an HTTP header); the error hides it."""
+    api = MINIMAL + '[api]\nendpoint = "https://x.example/v1"\n'
+    (tmp_path / "key").write_text(key, encoding="utf-8")
+    sources = [
+        (api + f"api_key = {json.dumps(key)}\n", {}),
+        (api + 'api_key_file = "key"\n', {}),
+        (api, {ENV_API_KEY: key}),
+    ]
+    for text, env in sources:
+        with pytest.raises(ConfigError, match="printable ASCII") as caught:
+            load_text(tmp_path, text, env=env)
+        assert key.strip() not in str(caught.value)
