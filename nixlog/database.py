@@ -227,6 +227,9 @@ def _open_registered(path: Path, create: bool, busy_timeout_ms: int) -> sqlite3.
         raise DatabaseError(f"{_shorten(path)}: cannot open the database: {exc.strerror}") from exc
     if is_dir:
         raise DatabaseError(f"{path}: is a directory, expected a database file")
+    if exists and not path.is_file():
+        # A FIFO would block the first read forever; a device is nobody's database.
+        raise DatabaseError(f"{path}: not a regular file, expected a database file")
     if exists:
         if key not in _open_files:
             _check_file(path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -287,3 +288,21 @@ def test_database_path_too_long_for_the_file_system_is_one_line(tmp_path: Path) 
         assert result.exit_code == 74, result.output
         assert len(result.stderr.splitlines()) == 1
         assert "File name too long" in result.stderr
+
+
+def test_database_path_that_is_a_fifo_or_device_is_refused_at_once(tmp_path: Path) -> None:
+    """database.path on a FIFO (which would block) or /dev/zero is one line, exit 74."""
+    fifo = tmp_path / "db.fifo"
+    os.mkfifo(fifo)
+    for target in (fifo, Path("/dev/zero")):
+        cfg = tmp_path / "c.toml"
+        cfg.write_text(
+            f'[database]\npath = "{target}"\n[modbus]\nport = "/dev/ttyUSB0"\n'
+            '[[modbus.registers_to_read]]\nname = "v"\naddress = 0\n',
+            encoding="utf-8",
+        )
+        result = CliRunner().invoke(app, ["db", "stats", "-c", str(cfg)])
+        assert result.exit_code == 74, result.output
+        assert result.stderr.strip() == (
+            f"Error: {target}: not a regular file, expected a database file"
+        )
