@@ -535,11 +535,11 @@ def publish(
     device_id = resolve_device_id(cfg)
     # The station logs each failure for the daemon's journal; here the summary and the one
     # Error line say the same, so its log lines show only with --verbose.
+    conn = database.open_db(cfg.database.path)
     ship_log = logging.getLogger("nixlog.ship")
     ship_level = ship_log.level
     if not _state.verbose:
         ship_log.setLevel(logging.CRITICAL)
-    conn = database.open_db(cfg.database.path)
     try:
         epoch = database.get_epoch(conn)
         with ApiClient(api, device_id, epoch) as client:

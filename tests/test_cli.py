@@ -306,3 +306,21 @@ def test_database_path_that_is_a_fifo_or_device_is_refused_at_once(tmp_path: Pat
         assert result.stderr.strip() == (
             f"Error: {target}: not a regular file, expected a database file"
         )
+
+
+def test_publish_on_a_bad_database_leaves_the_ship_log_level_alone(tmp_path: Path) -> None:
+    """A publish that fails to open its database does not leave nixlog.ship silenced."""
+    import logging
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(
+        f'[database]\npath = "{tmp_path}"\n[modbus]\nport = "/dev/ttyUSB0"\n'
+        '[[modbus.registers_to_read]]\nname = "v"\naddress = 0\n'
+        '[api]\nendpoint = "https://x.example/v1"\napi_key = "k"\n[device]\nid = "d"\n',
+        encoding="utf-8",
+    )
+    cfg.chmod(0o600)
+    before = logging.getLogger("nixlog.ship").level
+    result = CliRunner().invoke(app, ["publish", "-c", str(cfg)])
+    assert result.exit_code == 74, result.output
+    assert logging.getLogger("nixlog.ship").level == before
