@@ -33,6 +33,7 @@ import math
 import os
 import secrets
 import sqlite3
+import stat
 import struct
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -217,21 +218,26 @@ def open_db(
 
 def _open_registered(path: Path, create: bool, busy_timeout_ms: int) -> sqlite3.Connection:
     """``open_db`` under the registry lock: check the file only if nothing of ours holds it."""
-    key = os.path.realpath(path)
-    if path.is_dir():
+    if "\0" in str(path):
+        raise DatabaseError(f"{path!r}: a database path cannot contain a NUL character")
+    try:
+        key = os.path.realpath(path)
+        is_dir, exists = path.is_dir(), path.exists()
+    except OSError as exc:  # ENAMETOOLONG: is_dir() and exists() let it through
+        raise DatabaseError(f"{_shorten(path)}: cannot open the database: {exc.strerror}") from exc
+    if is_dir:
         raise DatabaseError(f"{path}: is a directory, expected a database file")
-    if path.exists():
+    if exists and not path.is_file():
+        # A FIFO would block the first read forever; a device is nobody's database.
+        raise DatabaseError(f"{path}: not a regular file, expected a database file")
+    if exists:
         if key not in _open_files:
             _check_file(path)
+        _tighten_mode(path)
     elif not create:
         raise DatabaseError(f"{path}: no database here yet (nothing has been stored)")
     else:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise DatabaseError(
-                f"{path.parent}: cannot create the database directory: {exc.strerror}"
-            ) from exc
+        _create_private(path)
     try:
         conn = sqlite3.connect(
             str(path),
@@ -258,6 +264,69 @@ def _open_registered(path: Path, create: bool, busy_timeout_ms: int) -> sqlite3.
 
 init_db = open_db
 """The seed's name for ``open_db``."""
+
+FILE_MODE: Final = 0o640
+"""Database, its -wal and -shm, exports: the service group may read, others nothing."""
+DIR_MODE: Final = 0o750
+
+
+def _shorten(path: Path, keep: int = 120) -> str:
+    text = str(path)
+    return text if len(text) <= keep else f"{text[: keep // 2]}…{text[-keep // 2 :]}"
+
+
+def make_private_dirs(directory: Path) -> None:
+    """Create ``directory`` and missing parents as 0750 whatever the umask (existing ones are
+    left as they are: /var/lib is not ours). Raises ``OSError``."""
+    missing: list[Path] = []
+    current = directory
+    while not current.exists():
+        missing.append(current)
+        if current.parent == current:
+            break
+        current = current.parent
+    for path in reversed(missing):
+        try:
+            path.mkdir(mode=DIR_MODE)
+        except FileExistsError:
+            continue  # another process made it meanwhile
+        os.chmod(path, DIR_MODE)  # mkdir's mode is cut by the umask
+
+
+def create_private_file(path: Path) -> int:
+    """Create ``path`` (which must not exist) as 0640 whatever the umask; return its fd."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+    os.fchmod(fd, FILE_MODE)
+    return fd
+
+
+def _create_private(path: Path) -> None:
+    """Make the directory and an empty 0640 database file before SQLite creates it.
+
+    SQLite gives the -wal and -shm files the database file's mode (even under a wider umask),
+    so a private database file is enough for all three.
+    """
+    try:
+        make_private_dirs(path.parent)
+    except OSError as exc:
+        raise DatabaseError(
+            f"{path.parent}: cannot create the database directory: {exc.strerror}"
+        ) from exc
+    try:
+        os.close(create_private_file(path))
+    except FileExistsError:
+        pass  # another process created it between our check and now: SQLite opens it
+    except OSError as exc:
+        raise DatabaseError(f"{path}: cannot create the database: {exc.strerror}") from exc
+
+
+def _tighten_mode(path: Path) -> None:
+    """An existing database readable by everyone (made under umask 022) loses those bits."""
+    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        with suppress(OSError):  # not ours to change, or gone: leave it
+            mode = stat.S_IMODE(file.stat().st_mode)
+            if mode & 0o027:
+                os.chmod(file, mode & ~0o027)
 
 
 def _check_file(path: Path) -> None:
@@ -315,7 +384,16 @@ def _schema_version(conn: sqlite3.Connection) -> int:
     if not has_meta:
         return 0
     row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-    return int(row[0]) if row and row[0] is not None else 0
+    if not row or row[0] is None:
+        return 0
+    text = str(row[0])
+    if not (text.isascii() and text.isdigit() and len(text) <= 6):
+        shown = text if len(text) <= 40 else text[:40] + "…"
+        raise DatabaseError(
+            f"{_path_of(conn)}: meta.schema_version is {shown!r}, not a nixlog schema version; "
+            "refusing to touch it (point database.path elsewhere)"
+        )
+    return int(text)
 
 
 def _migrate(conn: sqlite3.Connection) -> None:
