@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import itertools
 import json
 import os
 import select
@@ -260,7 +261,7 @@ class Relay:
         frames = [f for f in self.frames if f.end]
         gaps = [
             later.arrived - earlier.end
-            for earlier, later in zip(frames, frames[1:], strict=False)
+            for earlier, later in itertools.pairwise(frames)
             if earlier.is_answer and not later.is_answer
         ]
         answers = [f for f in frames if f.is_answer]

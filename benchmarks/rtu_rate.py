@@ -23,7 +23,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -133,7 +133,7 @@ def pymodbus_master(port: str, baud: int, plan: Sequence[ReadRequest]) -> Iterat
     from pymodbus.client import ModbusSerialClient
 
     client = ModbusSerialClient(port, baudrate=baud, timeout=TIMEOUT_SEC, retries=0)
-    if not client.connect():  # type: ignore[no-untyped-call]
+    if not client.connect():
         raise RuntimeError(f"pymodbus cannot open {port}")
     calls = {
         "holding": client.read_holding_registers,
@@ -223,6 +223,19 @@ def _libmodbus_error(lib: ctypes.CDLL) -> str:
 # ---------------------------------------------------------------- measuring
 
 
+def open_master(
+    name: str, port: str, baud: int, plan: Sequence[ReadRequest], lib: ctypes.CDLL | None
+) -> AbstractContextManager[Cycle]:
+    """One of ``MASTERS`` on ``port``, ready to run cycles of ``plan``."""
+    if name == "nixlog":
+        return nixlog_master(port, baud, plan)
+    if name == "pymodbus":
+        return pymodbus_master(port, baud, plan)
+    if lib is None:
+        raise RuntimeError("libmodbus is not installed")
+    return libmodbus_master(lib, port, baud, plan)
+
+
 def run_master(line: PacedLine, name: str, cycle: Cycle, seconds: float) -> MasterRun:
     """Warm up, then run whole cycles for at least ``seconds`` (at least two cycles)."""
     cycle()
@@ -250,18 +263,12 @@ def measure(
     for baud in bauds:
         runs: dict[str, MasterRun] = {}
         with PacedLine(baud, turnaround_sec) as line:
-            masters: list[tuple[str, Callable[[], Iterator[Cycle]]]] = [
-                ("nixlog", lambda: nixlog_master(line.master, baud, plan)),
-                ("pymodbus", lambda: pymodbus_master(line.master, baud, plan)),
-            ]
-            if lib is not None:
-                masters.append(("libmodbus", lambda: libmodbus_master(lib, line.master, baud, plan)))
-            for name, make in masters:
-                with make() as cycle:  # type: ignore[attr-defined]
+            for name in MASTERS:
+                if name in missing:
+                    continue
+                with open_master(name, line.master, baud, plan, lib) as cycle:
                     runs[name] = run_master(line, name, cycle, seconds)
-        results.append(
-            BaudResult(baud, wire_limit(plan_frames(plan), baud, turnaround_sec), runs)
-        )
+        results.append(BaudResult(baud, wire_limit(plan_frames(plan), baud, turnaround_sec), runs))
     return RtuRate(len(plan), turnaround_sec, results, missing)
 
 
