@@ -34,6 +34,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import termios
 import time
 import tty
 from collections import deque
@@ -184,13 +185,20 @@ class Relay:
     """The paced line's far side in one select loop: relay A<->B and the slave on B's end."""
 
     def __init__(
-        self, relay_a: int, relay_b: int, slave_fd: int, baud: int, turnaround_sec: float
+        self,
+        relay_a: int,
+        relay_b: int,
+        slave_fd: int,
+        baud: int,
+        turnaround_sec: float,
+        master_fd: int | None = None,
     ) -> None:
         self.char = char_time(baud)
         self.turnaround = turnaround_sec
         self.to_slave = _Direction(relay_a, relay_b, is_answer=False)
         self.to_master = _Direction(relay_b, relay_a, is_answer=True)
         self.slave_fd = slave_fd
+        self.master_fd = master_fd  # the master's end, held open; its input is dropped on reset
         self.slave = Slave()
         self.line_free = 0.0  # when the last byte scheduled on the wire ends
         self.frames: list[Frame] = []
@@ -252,9 +260,17 @@ class Relay:
         return max(0.0, min(wakes) - now)
 
     def reset(self) -> None:
-        """Forget the frames seen so far (the line keeps its state)."""
+        """Forget the frames seen so far and anything still on its way (call it between
+        transactions): bytes a failed master left behind must not reach the next one."""
         self.frames = []
         self.slave.requests = 0
+        self.slave.buffer.clear()
+        for direction in (self.to_slave, self.to_master):
+            direction.pending.clear()
+            direction.frame = None
+        if self.master_fd is not None:
+            with suppress(OSError):
+                termios.tcflush(self.master_fd, termios.TCIFLUSH)
 
     def stats(self) -> dict[str, object]:
         """What the line saw since the last reset (times in seconds)."""
@@ -397,7 +413,7 @@ def serve(baud: int, turnaround_sec: float) -> None:
             fds += [_open_pty(relay_a), _open_pty(relay_b), _open_pty(slave)]
             # Held open so that socat keeps pair A while masters come and go between runs.
             fds.append(_open_pty(master))
-            relay = Relay(fds[0], fds[1], fds[2], baud, turnaround_sec)
+            relay = Relay(fds[0], fds[1], fds[2], baud, turnaround_sec, master_fd=fds[3])
             sys.stdout.write(f"ready {master}\n")
             sys.stdout.flush()
             relay.serve(sys.stdin.fileno(), sys.stdout.fileno())

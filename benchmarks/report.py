@@ -296,7 +296,7 @@ def rtu_notes(rtu: rtu_rate.RtuRate) -> list[str]:
         runs = result.runs
         rates = ", ".join(f"{name} {run.rate:.2f}" for name, run in runs.items())
         gaps = ", ".join(f"{name} {run.median_gap_ms:.2f}" for name, run in runs.items())
-        handover = max(run.line.median_handover for run in runs.values()) * 1e6
+        handover = max((r.line.median_handover for r in runs.values()), default=math.nan) * 1e6
         late = sum(run.line.late_answers for run in runs.values())
         answers = sum(run.line.answers for run in runs.values())
         notes.append(

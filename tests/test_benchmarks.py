@@ -8,6 +8,8 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -210,21 +212,37 @@ def test_paced_line_is_never_faster_than_the_wire() -> None:
     assert len(stats.gaps) == 2 and all(gap > 0 for gap in stats.gaps)
 
 
-def test_rtu_figure_leaves_libmodbus_out_with_a_note_when_missing(
+def test_rtu_figure_leaves_a_missing_or_failing_master_out_with_a_note(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Without libmodbus the RTU figure still measures nixlog and pymodbus and says why not."""
+    """Without libmodbus, and with a master that fails, the others are still measured."""
     if shutil.which("socat") is None:
         pytest.skip("socat is not installed")
+
+    @contextmanager
+    def failing(port: str, baud: int, plan: object) -> Iterator[Callable[[], None]]:
+        def cycle() -> None:
+            raise RuntimeError("no answer")
+
+        yield cycle
+
     monkeypatch.setattr(rtu_rate, "load_libmodbus", lambda: None)
+    monkeypatch.setattr(rtu_rate, "pymodbus_master", failing)
     got = rtu_rate.measure(0.05, bauds=(115200,))
     (result,) = got.results
-    assert sorted(result.runs) == ["nixlog", "pymodbus"]
+    assert sorted(result.runs) == ["nixlog"]
     assert result.runs["nixlog"].line.requests >= 2 * got.requests
+    assert 10 < result.percent("nixlog") < 110
+    assert math.isnan(result.percent("pymodbus"))
+    assert got.missing == {
+        "libmodbus": "libmodbus not installed",
+        "pymodbus": "failed at 115200 baud: no answer",
+    }
     rows = rtu_rows(got)
     assert rows[1].cells()[2:] == [
         DASH,
         "libmodbus RTU client (ctypes), same requests — left out: libmodbus not installed",
         DASH,
     ]
+    assert rows[0].cells()[2] == DASH
     assert "RTU: libmodbus left out (libmodbus not installed)" in rtu_notes(got)
