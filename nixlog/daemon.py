@@ -174,6 +174,7 @@ class Daemon:
         """Ask both loops to stop (signal-handler safe: it only sets events)."""
         self.stop_event.set()
         self._wake.set()
+        self.first_cycle.set()  # ends the wait for READY: a stop must not wait for a read
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait for both loops (at most ``timeout``), then finish; True when both ended.

@@ -31,6 +31,7 @@ STABLE_KEYS = [
     "pruned_sent",
     "pruned_unsent",
     "epoch",
+    "lost_unwritten",
 ]
 
 
