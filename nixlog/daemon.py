@@ -390,6 +390,10 @@ class Daemon:
                         self._maintenance_wanted.clear()
                         self._maintain(conn)
                         next_maintain = self.clock() + self.maintain_interval_sec
+                    # The disk-full reserve comes back as soon as there is room for it (a
+                    # stat when it exists), so that a second full disk is handled like the
+                    # first; waiting for the next maintenance pass could be too late.
+                    database.ensure_reserve(self.config.database.path)
                 except NixlogError as exc:
                     # Field trouble (disk full, database locked): one line, not a traceback
                     # a second; the same message again only once a minute.
