@@ -707,8 +707,9 @@ def _ship_batch(
     """Send one batch; on refusal find the readings to reject; False: stop for now.
 
     Refusals are judged by what succeeded: a reading is rejected only when a sibling of the
-    same batch was accepted. An API that refuses everything (400 for all, 413 even for one
-    reading) is an endpoint problem: nothing is rejected, the rows stay, we back off. To tell
+    same batch (or an earlier batch of the same call) was accepted. An API that refuses
+    everything (400 for all, 413 even for one reading) is an endpoint problem: nothing is
+    rejected, the rows stay, we back off. To tell
     the two apart cheaply, a refused batch is first probed with its last reading alone, then
     its first: bad readings come in runs (a sensor fault lasts), so a batch whose both ends
     are refused alone is taken for "the API refuses everything" after 3 requests, not 2N-1.
@@ -716,6 +717,10 @@ def _ship_batch(
     off) until the endpoint or the data is fixed; the log says "check api.endpoint".
     """
     result = _post(client, rows, summary)
+    if summary.delivered:
+        # An earlier batch of this call was accepted: the endpoint works, no probe needed.
+        complete = _ship_rows(client, rows, settled, summary, accepted=True, result=result)
+        return _judge(complete, result, settled, summary)
     if result.kind == "refused" and len(rows) > 1:
         refused: list[StoredReading] = []
         for probe in (rows[-1], rows[0]):

@@ -335,6 +335,22 @@ class SlowReceiver(ScriptedReceiver):
         return super().handle(request)
 
 
+class PoisonBySeq:
+    """The poison "set" of a receiver: every reading of ``prefix`` whose seq is ``offset``
+    modulo ``every``. Ids jump after each crash, so fixed ids might never be issued."""
+
+    def __init__(self, prefix: str, every: int = 100, offset: int = 37) -> None:
+        self.prefix = prefix
+        self.every = every
+        self.offset = offset
+
+    def __contains__(self, rid: object) -> bool:
+        if not isinstance(rid, str) or not rid.startswith(self.prefix):
+            return False
+        tail = rid[len(self.prefix) :]
+        return tail.isdigit() and int(tail) % self.every == self.offset
+
+
 # ============================================================ processes
 
 
