@@ -159,3 +159,24 @@ def test_backoff_is_never_bypassed(retry_after: float | None) -> None:
 def test_retry_after_examples(header: str, expected: float | None) -> None:
     """Huge, odd and dated headers: clamped or ignored as documented."""
     assert parse_retry_after(header, NOW) == expected
+
+
+@pytest.mark.parametrize("status", [400, 413])
+def test_publish_exits_78_when_the_api_refuses_every_reading(
+    tmp_path: Path, receiver: ScriptedReceiver, status: int
+) -> None:
+    """`nixlog publish` against 400/413 for all: exit 78 naming api.endpoint, nothing rejected."""
+    from tests.test_publish_cli import fill as fill_cli
+    from tests.test_publish_cli import run, unsent, write_config
+
+    config = write_config(tmp_path, receiver.url)
+    fill_cli(tmp_path, 193)
+    receiver.always(Step(status))
+    code, stdout, stderr = run("publish", "-c", str(config))
+    assert code == 78, stderr
+    assert stderr.startswith(
+        f"Error: {config}: api.endpoint: does not accept batches (HTTP {status}"
+    )
+    assert "accepted none of the readings" in stderr and len(stderr.strip().splitlines()) == 1
+    assert unsent(tmp_path) == 193
+    assert "Delivered 0 readings" in stdout and "rejected" not in stdout

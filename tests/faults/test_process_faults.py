@@ -27,8 +27,14 @@ from tests.daemon_helpers import (
     stopped_counts,
     wait_until,
 )
-from tests.faults.helpers import account, assert_all_settled, read_meta, report
-from tests.faults.hostile import HostileServer, hang, trickle, wait_for_requests
+from tests.faults.helpers import (
+    account,
+    assert_all_settled,
+    backoff_attempt_bound,
+    read_meta,
+    report,
+)
+from tests.faults.hostile import HostileServer, hang, retry_after, trickle, wait_for_requests
 from tests.faults.test_kill9 import publish_rest
 from tests.receiver import ScriptedReceiver
 
@@ -273,3 +279,30 @@ def test_a_half_failing_api_still_drains_a_third_of_the_production(
         assert books.stored == counts["stored"] and books.lost == 0
     finally:
         receiver.stop()
+
+
+@pytest.mark.parametrize("header", [b"\xc2\xb2", b"9" * 400], ids=["superscript", "400-digits"])
+def test_a_garbage_retry_after_never_bypasses_the_backoff(
+    tmp_path: Path,
+    tcp_simulator: SimulatorServer,
+    processes: list[DaemonProcess],
+    header: bytes,
+) -> None:
+    """503 with a Retry-After of any shape for 6 s: no traceback, attempts within the backoff."""
+    with HostileServer(retry_after(header)) as server:
+        config = daemon_config(tmp_path, tcp_simulator.address, server.url)
+        daemon = DaemonProcess(config)
+        processes.append(daemon)
+        wait_for_requests(server, 1, 20)
+        started = time.monotonic()
+        time.sleep(6.0)
+        attempts = server.requests
+        elapsed = time.monotonic() - started
+        code, _ = daemon.terminate()
+    bound = backoff_attempt_bound(elapsed) + 1
+    report(f"Retry-After {header[:12]!r}: {attempts} attempts in {elapsed:.1f} s (bound {bound})")
+    assert code == 0, daemon.log
+    assert 1 <= attempts <= bound
+    if header == b"9" * 400:
+        assert attempts == 1, "clamped to an hour: no second attempt"
+    assert "Traceback" not in daemon.log
