@@ -39,6 +39,8 @@ from tests.faults.test_kill9 import publish_rest
 from tests.receiver import ScriptedReceiver
 
 STOP_LIMIT_SEC = 5.0
+DRAIN_TEST_SEC = 20.0
+"""Long enough for ~25 posts against the half-failing API (the old backoff shipped 20 %)."""
 
 
 def run_cli(config: Path, *command: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
@@ -263,15 +265,15 @@ def test_a_half_failing_api_still_drains_a_third_of_the_production(
         processes.append(daemon)
         db_path = tmp_path / "nixlog.db"
         wait_until(lambda: row_count(db_path) > 0, 20, "the first rows", daemon)
-        time.sleep(20.0)
+        time.sleep(DRAIN_TEST_SEC)
         code, _ = daemon.terminate()
         assert code == 0, daemon.log
         counts = stopped_counts(daemon.log)
         delivered = receiver.stats.unique
         failed, requests = receiver.failed, len(receiver.requests)
         report(
-            f"50 % failing API for 20 s: produced {counts['stored']}, delivered {delivered}, "
-            f"failed posts {failed} of {requests}"
+            f"50 % failing API for {DRAIN_TEST_SEC:g} s: produced {counts['stored']}, "
+            f"delivered {delivered}, failed posts {failed} of {requests}"
         )
         assert failed >= requests / 4, "the receiver did not fail often enough to test anything"
         assert delivered >= counts["stored"] / 3, (delivered, counts)
@@ -288,14 +290,14 @@ def test_a_garbage_retry_after_never_bypasses_the_backoff(
     processes: list[DaemonProcess],
     header: bytes,
 ) -> None:
-    """503 with a Retry-After of any shape for 6 s: no traceback, attempts within the backoff."""
+    """503 with a Retry-After of any shape for 4 s: no traceback, attempts within the backoff."""
     with HostileServer(retry_after(header)) as server:
         config = daemon_config(tmp_path, tcp_simulator.address, server.url)
         daemon = DaemonProcess(config)
         processes.append(daemon)
         wait_for_requests(server, 1, 20)
         started = time.monotonic()
-        time.sleep(6.0)
+        time.sleep(4.0)
         attempts = server.requests
         elapsed = time.monotonic() - started
         code, _ = daemon.terminate()
