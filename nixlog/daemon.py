@@ -222,15 +222,18 @@ class Daemon:
 
     def _finish_writing(self) -> None:
         lock = self.writer_lock
+        recorded = False
         try:
             conn = database.open_db(self.config.database.path, busy_timeout_ms=STOP_DB_BUSY_MS)
             try:
                 database.stop_writing(conn, self.lost)
+                recorded = True
+                database.checkpoint(conn)
             finally:
                 database.close(conn)
         except NixlogError as exc:
             log.warning("final WAL checkpoint failed: %s", exc)
-            if self.lost and lock is not None:
+            if self.lost and not recorded and lock is not None:
                 # The lock file was written at start: overwriting it needs no new block, so
                 # the count survives a full disk; the next start adds it to meta.
                 try:

@@ -1018,12 +1018,15 @@ def _add_lost(conn: sqlite3.Connection, count: int) -> None:
 
 
 def stop_writing(conn: sqlite3.Connection, lost: int = 0) -> None:
-    """Record ``lost`` readings (never written) and the clean-stop mark, then checkpoint."""
+    """Record ``lost`` readings (never written) and the clean-stop mark in one transaction.
+
+    Raises ``DatabaseError`` when that cannot be written (disk still full): then nothing of
+    it was recorded. Checkpointing is the caller's next step.
+    """
     with _writing(conn, "marking a clean stop"):
         if lost:
             _add_lost(conn, lost)
         _set_meta(conn, "writer_state", "stopped")
-    checkpoint(conn)
 
 
 # --------------------------------------------------------------------------- pruning
