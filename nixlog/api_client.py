@@ -319,12 +319,13 @@ class ApiClient:
     def _run(self, post: _Post, body: bytes, headers: dict[str, str], deadline: float) -> None:
         """The worker: send, read the status, headers and at most ``MAX_BODY_BYTES``."""
         try:
-            post.result = self._send(post, body, headers, deadline)
+            result = self._send(post, body, headers, deadline)
         except Exception as exc:  # the caller must get a result, never a raise
-            post.result = PublishResult(
+            result = PublishResult(
                 "temporary", detail=self._redact(f"unexpected error talking to the API: {exc}")
             )
-        finally:
+        if not post.done.is_set():  # a 2xx is answered as soon as its status is known
+            post.result = result
             post.done.set()
 
     def _send(
@@ -338,6 +339,11 @@ class ApiClient:
             with self._client.stream(
                 "POST", self.api.endpoint, content=body, headers=headers, timeout=timeout
             ) as response:
+                if 200 <= response.status_code < 300:
+                    # The status says the batch was accepted: nobody waits for the body, which
+                    # is still read (capped) so that the connection can be reused.
+                    post.result = self._result(response, b"")
+                    post.done.set()
                 raw = _read_capped(response, deadline, post.abandoned)
                 return self._result(response, raw)
         except httpx.TimeoutException:

@@ -136,15 +136,28 @@ def bomb(status: int = 500) -> Answer:
     return answer
 
 
-def trickle(interval_sec: float = 2.0, size: int = 1000) -> Answer:
-    """200 at once, then one body byte every ``interval_sec`` (each read is "on time")."""
+def trickle(interval_sec: float = 2.0, size: int = 1000, status: int = 200) -> Answer:
+    """``status`` at once, then one body byte every ``interval_sec`` (each read "on time")."""
 
     def answer(conn: socket.socket, server: HostileServer) -> None:
-        conn.sendall(f"HTTP/1.1 200 OK\r\nContent-Length: {size}\r\n\r\n".encode())
+        conn.sendall(f"HTTP/1.1 {status} Slow\r\nContent-Length: {size}\r\n\r\n".encode())
         for _ in range(size):
             if server.stopping.wait(interval_sec):
                 return
             conn.sendall(b"x")
+
+    return answer
+
+
+def trickle_head(interval_sec: float = 2.0) -> Answer:
+    """The status line and headers themselves, one byte every ``interval_sec``."""
+
+    def answer(conn: socket.socket, server: HostileServer) -> None:
+        head = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-Padding: " + b"x" * 1000 + b"\r\n\r\n"
+        for byte in head:
+            if server.stopping.wait(interval_sec):
+                return
+            conn.sendall(bytes([byte]))
 
     return answer
 

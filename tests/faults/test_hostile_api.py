@@ -23,6 +23,7 @@ from tests.faults.hostile import (
     huge_body,
     retry_after,
     trickle,
+    trickle_head,
 )
 from tests.fixtures_http import TEST_API_KEY
 from tests.test_publish_cli import fill, unsent, write_config
@@ -107,16 +108,29 @@ def test_a_gzip_bomb_is_never_inflated(tmp_path: Path) -> None:
     assert unsent(tmp_path) == 50
 
 
-def test_a_trickling_body_is_cut_at_the_request_deadline(tmp_path: Path) -> None:
-    """200 and one body byte every 2 s, timeout_sec = 3: publish --once ends in about 3 s."""
+@pytest.mark.parametrize("kind", ["500-body", "head"])
+def test_a_trickling_answer_is_cut_at_the_request_deadline(tmp_path: Path, kind: str) -> None:
+    """A byte every 2 s (500 and its body, or the headers), timeout_sec = 3: over in ~3 s."""
     fill(tmp_path, 20)
-    with HostileServer(trickle(interval_sec=2.0)) as server:
+    answer = trickle(interval_sec=2.0, status=500) if kind == "500-body" else trickle_head(2.0)
+    with HostileServer(answer) as server:
         config = write_config(tmp_path, server.url)
         set_timeout(config, 3)
         code, _, stderr, elapsed = publish(config, "--once")
     assert elapsed < 6.0, f"publish --once took {elapsed:.1f} s"
     assert code == 75 and "within 3 s" in stderr, stderr
     assert unsent(tmp_path) == 20, "a post abandoned at the deadline marks nothing"
+
+
+def test_a_2xx_with_a_trickling_body_counts_as_delivered_at_once(tmp_path: Path) -> None:
+    """200 then a byte every 2 s: the status is the answer; publish does not wait for the body."""
+    fill(tmp_path, 20)
+    with HostileServer(trickle(interval_sec=2.0, status=200)) as server:
+        config = write_config(tmp_path, server.url)
+        set_timeout(config, 3)
+        code, _, stderr, elapsed = publish(config, "--once")
+    assert elapsed < 3.0, f"publish --once took {elapsed:.1f} s"
+    assert code == 0 and unsent(tmp_path) == 0, stderr
 
 
 @pytest.mark.parametrize(

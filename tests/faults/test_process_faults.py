@@ -34,7 +34,14 @@ from tests.faults.helpers import (
     read_meta,
     report,
 )
-from tests.faults.hostile import HostileServer, hang, retry_after, trickle, wait_for_requests
+from tests.faults.hostile import (
+    HostileServer,
+    hang,
+    retry_after,
+    trickle,
+    trickle_head,
+    wait_for_requests,
+)
 from tests.faults.test_kill9 import publish_rest
 from tests.receiver import ScriptedReceiver
 
@@ -57,7 +64,7 @@ def run_cli(config: Path, *command: str, timeout: float = 30) -> subprocess.Comp
 # ------------------------------------------------------------------ shutdown is a deadline
 
 
-@pytest.mark.parametrize("server_kind", ["trickle", "hang"])
+@pytest.mark.parametrize("server_kind", ["trickle-body", "trickle-head", "hang"])
 def test_sigterm_with_a_post_in_flight_exits_within_5_s(
     tmp_path: Path,
     tcp_simulator: SimulatorServer,
@@ -65,7 +72,11 @@ def test_sigterm_with_a_post_in_flight_exits_within_5_s(
     server_kind: str,
 ) -> None:
     """A post stuck on a trickling or silent server (timeout 30 s): exit 0 in 5 s, rows unsent."""
-    answer = trickle(interval_sec=2.0) if server_kind == "trickle" else hang()
+    answer = {
+        "trickle-body": trickle(interval_sec=2.0, status=500),
+        "trickle-head": trickle_head(interval_sec=2.0),
+        "hang": hang(),
+    }[server_kind]
     with HostileServer(answer) as server:
         config = daemon_config(tmp_path, tcp_simulator.address, server.url, api_timeout_sec=30)
         daemon = DaemonProcess(config)
