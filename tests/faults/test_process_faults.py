@@ -46,8 +46,6 @@ from tests.faults.test_kill9 import publish_rest
 from tests.receiver import ScriptedReceiver
 
 STOP_LIMIT_SEC = 5.0
-DRAIN_TEST_SEC = 20.0
-"""Long enough for ~25 posts against the half-failing API (the old backoff shipped 20 %)."""
 
 
 def run_cli(config: Path, *command: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
@@ -256,13 +254,24 @@ class FlakyReceiver(ScriptedReceiver):
         return super().handle(request)
 
 
+@pytest.mark.parametrize(
+    ("seconds", "max_run"),
+    [
+        pytest.param(12.0, 2, id="12s"),
+        pytest.param(30.0, 4, id="30s", marks=pytest.mark.slow),
+    ],
+)
 def test_a_half_failing_api_still_drains_a_third_of_the_production(
-    tmp_path: Path, tcp_simulator: SimulatorServer, processes: list[DaemonProcess]
+    tmp_path: Path,
+    tcp_simulator: SimulatorServer,
+    processes: list[DaemonProcess],
+    seconds: float,
+    max_run: int,
 ) -> None:
-    """Random 500s on half the posts for 20 s: the backoff restarts after each delivery."""
+    """Random 500s on about half the posts: the backoff restarts after each delivery."""
     from tests.fixtures_http import TEST_API_KEY
 
-    receiver = FlakyReceiver(api_key=TEST_API_KEY).start()
+    receiver = FlakyReceiver(api_key=TEST_API_KEY, max_run=max_run).start()
     try:
         config = daemon_config(
             tmp_path, tcp_simulator.address, receiver.url, poll_rate_hz=50, batch_size=25
@@ -276,17 +285,17 @@ def test_a_half_failing_api_still_drains_a_third_of_the_production(
         processes.append(daemon)
         db_path = tmp_path / "nixlog.db"
         wait_until(lambda: row_count(db_path) > 0, 20, "the first rows", daemon)
-        time.sleep(DRAIN_TEST_SEC)
+        time.sleep(seconds)
         code, _ = daemon.terminate()
         assert code == 0, daemon.log
         counts = stopped_counts(daemon.log)
         delivered = receiver.stats.unique
         failed, requests = receiver.failed, len(receiver.requests)
         report(
-            f"50 % failing API for {DRAIN_TEST_SEC:g} s: produced {counts['stored']}, "
+            f"50 % failing API (runs <= {max_run}) for {seconds:g} s: produced {counts['stored']}, "
             f"delivered {delivered}, failed posts {failed} of {requests}"
         )
-        assert failed >= requests / 4, "the receiver did not fail often enough to test anything"
+        assert failed >= requests / 3, "the receiver did not fail often enough to test anything"
         assert delivered >= counts["stored"] / 3, (delivered, counts)
         books = account(db_path, receiver)
         assert books.stored == counts["stored"] and books.lost == 0
