@@ -101,7 +101,9 @@ class Poller:
     ) -> None:
         self.link = link
         self.registers = tuple(registers)
-        self.plan: list[ReadRequest] = list(plan_requests(self.registers) if plan is None else plan)
+        self.plan: list[ReadRequest] = list(
+            plan_requests(self.registers) if plan is None else plan
+        )
         self.clock = clock
         self.wall_clock = wall_clock
         self.stats = PollStats()
@@ -709,12 +711,12 @@ def _ship_batch(
     Refusals are judged by what succeeded: a reading is rejected only when a sibling of the
     same batch (or an earlier batch of the same call) was accepted. An API that refuses
     everything (400 for all, 413 even for one reading) is an endpoint problem: nothing is
-    rejected, the rows stay, we back off. To tell
-    the two apart cheaply, a refused batch is first probed with its last reading alone, then
-    its first: bad readings come in runs (a sensor fault lasts), so a batch whose both ends
-    are refused alone is taken for "the API refuses everything" after 3 requests, not 2N-1.
-    The price: a batch that really is bad at both ends is kept and retried (never written
-    off) until the endpoint or the data is fixed; the log says "check api.endpoint".
+    rejected, the rows stay, we back off. To tell the two apart cheaply, a refused batch is
+    first probed with its last reading alone, then its first: bad readings come in runs (a
+    sensor fault lasts), so a batch whose both ends are refused alone is taken for "the API
+    refuses everything" after 3 requests, not 2N-1. The price: a batch that really is bad at
+    both ends is kept and retried (never written off) until the endpoint or the data is
+    fixed; the log says "check api.endpoint".
     """
     result = _post(client, rows, summary)
     if summary.delivered:
