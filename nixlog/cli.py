@@ -370,11 +370,20 @@ def _open_poll_store(cfg: Config) -> Any:
     from nixlog import core, database
     from nixlog.hardware import resolve_device_id
 
-    device_id = resolve_device_id(cfg)
-    conn = database.open_db(cfg.database.path)
-    return core.BinWriter(
+    # One writer per database: a running daemon makes this exit 74 naming its PID.
+    lock = database.acquire_writer_lock(cfg.database.path)
+    try:
+        device_id = resolve_device_id(cfg)
+        conn = database.open_db(cfg.database.path)
+        database.start_writing(conn, lock)
+    except BaseException:
+        lock.release()
+        raise
+    store = core.BinWriter(
         conn, device_id, cfg.modbus.batch_size, cfg.database.flush_interval_sec
     )
+    store.writer_lock = lock  # type: ignore[attr-defined]
+    return store
 
 
 def _close_poll_store(store: Any, cfg: Config) -> None:
@@ -383,8 +392,10 @@ def _close_poll_store(store: Any, cfg: Config) -> None:
 
     try:
         store.close()
+        database.stop_writing(store.conn)
     finally:
         database.close(store.conn)
+        store.writer_lock.release()
     _console(err=True).print(
         f"Saved {store.stored} readings to {escape(str(cfg.database.path))}"
     )
@@ -417,9 +428,9 @@ def poll(
     max_cycles = 1 if once else count
     store: Any = None
     try:
-        poller.link.connect()  # unreachable port: exit 69 with the reason, before anything else
-        if save:
+        if save:  # a database in use by the daemon: exit 74 before the device is touched
             store = _open_poll_store(cfg)
+        poller.link.connect()  # unreachable port: exit 69 with the reason
         on_reading = store.add if store is not None else (lambda reading: None)
         stdout = _console()
         live_view = stdout.is_terminal and not json_output
@@ -1096,6 +1107,7 @@ def _render_db_stats(stats: Any) -> None:
             f"{stats.pruned_unsent} unsent",
         ),
         ("epoch", stats.epoch),
+        ("lost unwritten (disk full at stop)", str(stats.lost_unwritten)),
     ]
     for name, value in rows:
         table.add_row(name, escape(value))
