@@ -22,6 +22,8 @@ from nixlog.config import Config, RegisterConfig
 from nixlog.modbus_client import (
     FAILURE_DISCONNECTED,
     FAILURE_TIMEOUT,
+    LATE_ANSWER,
+    FaultLog,
     ModbusReadError,
     ReadLink,
     RequestResult,
@@ -54,6 +56,8 @@ CONNECT_BACKOFF_BASE_SEC = 0.5
 CONNECT_BACKOFF_CAP_SEC = 30.0
 UNIT_SILENT_GRACE = 1
 """Silent cycles a unit is forgiven before it is backed off (one lost answer is noise)."""
+LINK_DROP_GRACE = 2
+"""Connections a request may see dropped in a row before it is blamed and backed off."""
 
 
 def utc_timestamp(now: datetime | None = None) -> str:
@@ -111,6 +115,11 @@ class Poller:
         self._unit_backoff_limits = unit_backoff
         self._unit_backoff: dict[int, Backoff] = {}
         self._unit_silent: dict[int, int] = {}
+        self._block_backoff: dict[tuple[int, str, int, int], Backoff] = {}
+        self._block_silent: dict[tuple[int, str, int, int], int] = {}
+        self._block_drops: dict[tuple[int, str, int, int], int] = {}
+        self._suspect: set[tuple[int, str, int, int]] = set()  # unanswered when last sent
+        self.faults = FaultLog(poll_log, clock=clock)
         base, cap = connect_backoff
         self._connect_backoff = Backoff(base=base, cap=cap, clock=clock)
         self._link_error = "disconnected"
@@ -175,27 +184,44 @@ class Poller:
             return False
         if self._ever_connected:
             self.stats.reconnects += 1
-            poll_log.warning("reconnected to %s", self.link.description)
+            self.faults.note(("reconnected",), f"reconnected to {self.link.description}")
         self._ever_connected = True
         self._connect_backoff.success()
         self.last_link_error = None
         return True
 
     def _read_plan(self, decoded: dict[str, Value], errors: dict[str, str]) -> str | None:
-        """Run the plan; fill ``decoded``/``errors``; the time the first request was sent."""
+        """Run the plan; fill ``decoded``/``errors``; the time the first request was sent.
+
+        Isolation is per request, then per unit, then per link: a block that stays silent
+        while its unit answers other blocks is backed off alone; a unit that has answered
+        nothing yet in this cycle is skipped for the rest of it after a silent request (so
+        blocks silent last time are read last); a dropped connection is reopened once per
+        cycle and the remaining requests are still sent.
+        """
         timestamp: str | None = None
         silent: set[int] = set()
         answered: set[int] = set()
+        block_silent: list[ReadRequest] = []
+        block_ok: list[ReadRequest] = []
+        link_killers: list[ReadRequest] = []
+        reconnected = False
         link_lost = False
         queue = deque(self.plan)
+        if self._suspect:
+            # Requests that went unanswered last time go last: a unit's healthy blocks are
+            # read (and prove it alive) before one silent block can get the rest skipped.
+            queue = deque(sorted(self.plan, key=lambda r: _block_key(r) in self._suspect))
         while queue:
             request = queue.popleft()
             unit = request.unit_id
             skip_reason: str | None = None
             if link_lost:
                 skip_reason = "disconnected"
-            elif unit in silent or (self.unit_backed_off(unit) and unit not in answered):
+            elif unit not in answered and (unit in silent or self.unit_backed_off(unit)):
                 skip_reason = f"skipped: unit {unit} not responding"
+            elif self.block_backed_off(request):
+                skip_reason = "skipped: block not responding"
             if skip_reason is not None:
                 self.stats.skipped_requests += 1
                 for register in request.registers:
@@ -206,17 +232,32 @@ class Poller:
             result = self._read(request)
             if result.values is not None:
                 answered.add(unit)
+                block_ok.append(request)
+                self._suspect.discard(_block_key(request))
                 self._decode(request, result.values, decoded, errors)
                 continue
             self.stats.failed_requests += 1
             if result.failure == FAILURE_DISCONNECTED:
-                link_lost = True
-                self.last_link_error = f"lost connection to {self.link.description}"
-                poll_log.warning("%s; reconnecting", self.last_link_error)
+                self.last_link_error = (
+                    result.detail or f"lost connection to {self.link.description}"
+                )
+                if reconnected or not self._reconnect():
+                    link_lost = True
+                else:
+                    link_killers.append(request)  # the link is fine: this request drops it
+                    self._suspect.add(_block_key(request))
+                reconnected = True
             elif result.failure == FAILURE_TIMEOUT:
-                silent.add(unit)
+                # A late answer is still an answer: the unit is there, this block is slow.
+                (answered if result.error == LATE_ANSWER else silent).add(unit)
+                block_silent.append(request)
+                self._suspect.add(_block_key(request))
             else:
                 answered.add(unit)  # an exception or a garbled answer: someone is there
+                block_ok.append(request)
+                self.faults.note(
+                    ("answer", unit, result.error), f"{request.describe()}: {result.error}"
+                )
                 if result.exception_code == 2 and request.bridged:
                     parts = self._split(request)
                     if len(parts) > 1:
@@ -225,12 +266,81 @@ class Poller:
             for register in request.registers:
                 errors[register.name] = result.error or "failed"
         self._update_unit_backoff(silent - answered, answered)
+        # A silent block of a unit that answered nothing is the unit's backoff, not its own.
+        silent_alone = [r for r in block_silent if r.unit_id in answered]
+        self._update_block_backoff(silent_alone, link_killers, block_ok)
         return timestamp
+
+    def _reconnect(self) -> bool:
+        """Reopen a link lost mid-cycle (once per cycle); True when it is open again."""
+        self.faults.note(("link",), f"{self.last_link_error}; reconnecting")
+        self.link.close()
+        try:
+            self.link.connect()
+        except ModbusReadError as exc:
+            self._connect_backoff.failure()
+            self.last_link_error = exc.message
+            return False
+        self.stats.reconnects += 1
+        return True
+
+    def block_backed_off(self, request: ReadRequest) -> bool:
+        """True while ``request`` is being skipped after staying silent alone."""
+        backoff = self._block_backoff.get(_block_key(request))
+        return backoff is not None and not backoff.ready()
+
+    def _update_block_backoff(
+        self,
+        silent: Sequence[ReadRequest],
+        killers: Sequence[ReadRequest],
+        answered: Sequence[ReadRequest],
+    ) -> None:
+        """Count each block's silent (or link-dropping) tries in a row; back off past grace.
+
+        A dropped link is blamed on a request only after ``LINK_DROP_GRACE`` drops in a row on
+        it: a gateway or proxy that resets now and then hits whichever request is in flight.
+        """
+        for request in answered:
+            key = _block_key(request)
+            silent_count = self._block_silent.pop(key, 0)
+            if silent_count > UNIT_SILENT_GRACE or self._block_drops.get(key, 0) > LINK_DROP_GRACE:
+                self.faults.note(("block again", key), f"{request.describe()} answers again")
+            self._block_drops.pop(key, None)
+            backoff = self._block_backoff.get(key)
+            if backoff is not None:
+                backoff.success()
+        for requests, counts, grace, what in (
+            (silent, self._block_silent, UNIT_SILENT_GRACE, "does not answer"),
+            (killers, self._block_drops, LINK_DROP_GRACE, "drops the connection"),
+        ):
+            for request in requests:
+                key = _block_key(request)
+                count = counts[key] = counts.get(key, 0) + 1
+                if count <= grace:
+                    continue
+                backoff = self._block_backoff.get(key)
+                if backoff is None:
+                    base, cap = self._unit_backoff_limits
+                    backoff = Backoff(base=base, cap=cap, clock=self.clock)
+                    self._block_backoff[key] = backoff
+                delay = backoff.failure()
+                self.faults.note(
+                    ("block", key),
+                    f"{request.describe()} {what} (its unit answers other requests); "
+                    f"skipping this request, next try in {delay:.1f} s",
+                )
 
     def _read(self, request: ReadRequest) -> RequestResult:
         self.stats.requests += 1
+        # A request or unit tried again after a backoff is probed once, without retries: it
+        # has failed every time so far, and its retries would cost everyone's bus time.
+        block = self._block_backoff.get(_block_key(request))
+        unit = self._unit_backoff.get(request.unit_id)
+        probe = (block is not None and block.failures > 0) or (
+            unit is not None and unit.failures > 0
+        )
         try:
-            return read_request(self.link, request)
+            return read_request(self.link, request, retries=0 if probe else None)
         except Exception as exc:
             # A bug in a library must not kill the poller of an unattended logger: record it
             # with its traceback and keep polling the rest.
@@ -272,7 +382,7 @@ class Poller:
     def _update_unit_backoff(self, silent: set[int], answered: set[int]) -> None:
         for unit in answered:
             if self._unit_silent.pop(unit, 0) > UNIT_SILENT_GRACE:
-                poll_log.warning("unit %d answers again", unit)
+                self.faults.note(("unit again", unit), f"unit {unit} answers again")
             backoff = self._unit_backoff.get(unit)
             if backoff is not None:
                 backoff.success()
@@ -286,10 +396,14 @@ class Poller:
                 base, cap = self._unit_backoff_limits
                 backoff = self._unit_backoff[unit] = Backoff(base=base, cap=cap, clock=self.clock)
             delay = backoff.failure()
-            if backoff.failures == 1:
-                poll_log.warning(
-                    "unit %d does not answer; skipping it, next try in %.1f s", unit, delay
-                )
+            self.faults.note(
+                ("unit", unit),
+                f"unit {unit} does not answer; skipping it, next try in {delay:.1f} s",
+            )
+
+
+def _block_key(request: ReadRequest) -> tuple[int, str, int, int]:
+    return (request.unit_id, request.kind, request.start, request.count)
 
 
 def build_poller(config: Config, link: ReadLink | None = None) -> Poller:

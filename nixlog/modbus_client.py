@@ -1,11 +1,13 @@
-"""The only module that talks to the pymodbus client API: connect, read, map every failure.
+"""The only module that talks to a Modbus device: connect, one transaction, map every failure.
 
-``ModbusLink`` wraps one pymodbus sync client (RTU on a serial path, or Modbus TCP) and turns
-each pymodbus failure channel (an ``ExceptionResponse`` returned, ``ModbusIOException`` on
-silence, ``ConnectionException`` on a lost link, ``OSError``/``ValueError`` underneath) into
-our ``ModbusReadError`` subclasses, whose ``reason`` is the short text that lands in a
-reading's ``errors``. pymodbus itself is imported on first use, so importing this module (as
-``core`` does) costs nothing for commands that never touch a device.
+``ModbusLink`` owns the whole read transaction on both transports, on top of pyserial (RTU)
+and a plain socket (Modbus TCP): it writes the request frame built by ``nixlog.frames``, reads
+exactly as many bytes as the answer must have within one deadline, checks them, and does its
+own retries. Owning it is what makes the answer-to-request pairing provable on RTU, where
+frames carry no transaction id (see ``ModbusLink._rtu_transaction``). Every failure becomes a
+``ModbusReadError`` subclass whose ``reason`` is the short text stored in a reading's
+``errors`` ("timeout", "crc error", "answer from unit 255 (asked 1)", ...). pymodbus is not
+used here at all (the simulator still serves with it); pyserial is imported on first use.
 """
 
 from __future__ import annotations
@@ -14,17 +16,27 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import Any, Final, Protocol
 
-from nixlog.config import BIT_KINDS, ModbusConfig
+from nixlog.config import ModbusConfig
 from nixlog.errors import DeviceError
+from nixlog.frames import (
+    MBAP_LENGTH,
+    RTU_HEADER_LENGTH,
+    FrameError,
+    crc_ok,
+    parse_mbap,
+    parse_pdu,
+    rtu_answer_length,
+    rtu_frame_length,
+    rtu_request,
+    tcp_request,
+)
 from nixlog.registers import FUNCTION_CODES, ReadRequest
-
-if TYPE_CHECKING:
-    from pymodbus.client import ModbusSerialClient, ModbusTcpClient
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +55,24 @@ EXCEPTION_NAMES: Final = {
 # A gateway answering 10/11 means the unit behind it is silent: back it off like a timeout.
 SILENT_EXCEPTION_CODES: Final = frozenset({10, 11})
 RTU_SETTLE_MAX_SEC: Final = 1.0
+"""The default quiet time after a failure: one more timeout, at most this."""
+RTU_SETTLE_CAP_SEC: Final = 5.0
+"""The longest a settle may last, however late or chatty the line has been."""
+RTU_QUIET_CHARS: Final = 4
+"""Character times of silence that end any frame (RTU needs 3.5)."""
+RECENT_ANSWERS: Final = 8
+SUMMARY_INTERVAL_SEC: Final = 300.0
 
 # Failure categories of a request, used by the poller to decide what to back off.
 FAILURE_TIMEOUT: Final = "timeout"
 FAILURE_EXCEPTION: Final = "exception"
 FAILURE_DISCONNECTED: Final = "disconnected"
 FAILURE_INVALID: Final = "invalid"
+
+# Diagnoses (the ``reason`` of an error, and the kinds of fault logged once).
+LATE_ANSWER: Final = "late answer discarded"
+ANSWERED_TWICE: Final = "answered twice"
+CRC_ERROR: Final = "crc error"
 
 
 class ModbusReadError(DeviceError):
@@ -62,7 +86,7 @@ class ModbusReadError(DeviceError):
 
 
 class ReadTimeout(ModbusReadError):
-    """The unit did not answer within timeout × (retries + 1)."""
+    """The unit did not answer within timeout × (retries + 1) (or only after its deadline)."""
 
     failure = FAILURE_TIMEOUT
 
@@ -91,21 +115,66 @@ class LinkDown(ModbusReadError):
 
 
 class BadResponse(ModbusReadError):
-    """An answer that does not fit the request (wrong length or function): never trusted."""
+    """An answer that does not fit the request (CRC, unit, function, length): never trusted.
+
+    ``reason`` names what was wrong: "crc error", "answer from unit 255 (asked 1)", ...
+    ``complete`` marks a whole, intact frame that is simply not the answer asked for (wrong
+    unit, function or length): the device did answer, so it is neither retried nor waited
+    out like a transmission error.
+    """
 
     failure = FAILURE_INVALID
 
-    def __init__(self, detail: str) -> None:
-        super().__init__(f"invalid response ({detail})")
+    def __init__(self, reason: str, *, complete: bool = False) -> None:
+        super().__init__(f"invalid response ({reason})", reason)
+        self.complete = complete
 
 
-def _quiet_pymodbus() -> None:
-    # pymodbus logs every failure at ERROR on its own logger; with no handler anywhere Python's
-    # last-resort handler would print those lines next to our one-line error. We report
-    # failures ourselves, so its log only reaches handlers an application configured.
-    logger = logging.getLogger("pymodbus")
-    if not any(isinstance(h, logging.NullHandler) for h in logger.handlers):
-        logger.addHandler(logging.NullHandler())
+class FaultLog:
+    """Log a repeating condition once, then one summary per interval while it goes on.
+
+    ``note(key, message)`` logs the first occurrence of ``key`` at WARNING and counts the
+    rest; once ``interval`` seconds have passed since the last line for that key, the next
+    occurrence logs "... (N times in the last 5 min)". ``clear(key)`` forgets it (the next
+    occurrence is news again). ``clock`` is monotonic seconds.
+    """
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        interval: float = SUMMARY_INTERVAL_SEC,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.logger = logger
+        self.interval = interval
+        self.clock = clock
+        self._seen: dict[object, tuple[float, int]] = {}
+
+    def note(self, key: object, message: str) -> bool:
+        """Record one occurrence; True when a line was logged for it."""
+        now = self.clock()
+        last = self._seen.get(key)
+        if last is None:
+            self._seen[key] = (now, 0)
+            self.logger.warning("%s", message)
+            return True
+        logged_at, count = last
+        count += 1
+        if now - logged_at < self.interval:
+            self._seen[key] = (logged_at, count)
+            return False
+        minutes = (now - logged_at) / 60
+        self.logger.warning("%s (%d times in the last %.0f min)", message, count, minutes)
+        self._seen[key] = (now, 0)
+        return True
+
+    def active(self, key: object) -> bool:
+        """True while ``key`` has been noted and not cleared."""
+        return key in self._seen
+
+    def clear(self, key: object) -> bool:
+        """Forget ``key``; True when it had been noted."""
+        return self._seen.pop(key, None) is not None
 
 
 def describe_port(modbus: ModbusConfig) -> str:
@@ -116,17 +185,32 @@ def describe_port(modbus: ModbusConfig) -> str:
     return f"{modbus.port} ({modbus.baudrate} {modbus.bytesize}{modbus.parity}{modbus.stopbits})"
 
 
-def _os_reason(exc: OSError) -> str:
+def _os_reason(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):  # socket.timeout is an alias of it
         return "timed out"
     if isinstance(exc, socket.gaierror):
         return f"unknown host ({exc.strerror})"
-    text = exc.strerror or str(exc) or type(exc).__name__
+    text = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    if not isinstance(text, str):
+        text = str(exc)
     return text[:1].lower() + text[1:]
 
 
+def _serial_errors() -> tuple[type[BaseException], ...]:
+    """Everything pyserial raises when the port goes away (termios.error is no OSError)."""
+    errors: list[type[BaseException]] = [OSError]
+    with suppress(ImportError):
+        import termios
+
+        errors.append(termios.error)
+    return tuple(errors)
+
+
+_SERIAL_ERRORS: Final = _serial_errors()
+
+
 class ModbusLink:
-    """One Modbus connection (RTU or TCP) with our timeouts, retries and error mapping.
+    """One Modbus connection (RTU or TCP) with our timeouts, retries, checks and error mapping.
 
     ``read(unit_id, kind, start, count)`` returns the words (or bits) or raises a
     ``ModbusReadError``. A lost link is closed; the next ``read`` or ``connect`` opens it
@@ -134,33 +218,27 @@ class ModbusLink:
     """
 
     def __init__(self, modbus: ModbusConfig) -> None:
-        _quiet_pymodbus()
-        from pymodbus.client import ModbusSerialClient, ModbusTcpClient
-
         self.modbus = modbus
         self.description = describe_port(modbus)
         self.timeout = modbus.timeout_sec
         self.retries = modbus.retries
+        self.faults = FaultLog(log)
         self._gap = modbus.request_gap_ms / 1000.0
-        self._call_timeout = modbus.timeout_sec
-        self._call_settle: float | None = None
         self._last_io = 0.0
-        self._client: ModbusTcpClient | ModbusSerialClient
-        if modbus.is_tcp:
-            host, port = modbus.tcp_address
-            self._client = ModbusTcpClient(
-                host, port=port, timeout=modbus.timeout_sec, retries=modbus.retries
-            )
-        else:
-            self._client = ModbusSerialClient(
-                modbus.port,
-                baudrate=modbus.baudrate,
-                parity=modbus.parity,
-                stopbits=modbus.stopbits,
-                bytesize=modbus.bytesize,
-                timeout=modbus.timeout_sec,
-                retries=modbus.retries,
-            )
+        self._serial: Any = None
+        self._sock: socket.socket | None = None
+        self._transaction = 0
+        self._tcp_last = b""  # the last answer frame taken on TCP (to recognise a copy)
+        # RTU line state: one character is start + data + parity + stop bits.
+        bits = 1 + modbus.bytesize + (0 if modbus.parity == "N" else 1) + modbus.stopbits
+        self._char_sec = bits / modbus.baudrate
+        self._late_sec = 0.0  # the latest answer seen on this line, from its request
+        self._asked: set[int] = set()  # units addressed on this line (their strays are known)
+        # unit -> its answers since its last failure, and when each came (a copy of one of
+        # them arriving later is a second answer; anything else is a late one)
+        self._answers: dict[int, deque[tuple[bytes, float]]] = {}
+        self._twice: dict[int, float] = {}  # unit seen answering twice -> delay of the copy
+        self._first_sent: float | None = None  # when the first try of this read was sent
 
     @property
     def is_tcp(self) -> bool:
@@ -170,15 +248,15 @@ class ModbusLink:
     @property
     def connected(self) -> bool:
         """True while the socket or serial port is open."""
-        return self._client.socket is not None
+        return (self._sock if self.is_tcp else self._serial) is not None
+
+    @property
+    def tcp_socket(self) -> socket.socket | None:
+        """The TCP socket while connected (None on RTU)."""
+        return self._sock
 
     def connect(self) -> None:
-        """Open the port now; raise ``LinkDown`` with the reason (refused, no such device...).
-
-        We open the socket or serial port ourselves rather than through pymodbus' ``connect``,
-        which swallows the reason into its log: a technician needs "connection refused" or
-        "permission denied", not "failed".
-        """
+        """Open the port now; raise ``LinkDown`` with the reason (refused, no such device...)."""
         if self.connected:
             return
         if self.is_tcp:
@@ -195,7 +273,7 @@ class ModbusLink:
             raise LinkDown(f"cannot connect to {self.description}: {_os_reason(exc)}") from exc
         # Requests are tiny and strictly request/response: Nagle would only add latency.
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._client.socket = sock
+        self._sock = sock
 
     def _connect_serial(self) -> None:
         import serial  # type: ignore[import-untyped]
@@ -219,16 +297,18 @@ class ModbusLink:
             if isinstance(exc, OSError) and exc.errno == 13:
                 reason += " (is the user in the dialout group?)"
             raise LinkDown(f"cannot open serial port {path}: {reason}") from exc
-        from pymodbus.client import ModbusSerialClient
-
-        client = self._client
-        assert isinstance(client, ModbusSerialClient)
-        port.inter_byte_timeout = client.inter_byte_timeout
-        client.socket = port
+        self._serial = port
 
     def close(self) -> None:
-        """Close the port; safe to call twice."""
-        self._client.close()  # type: ignore[no-untyped-call]
+        """Close the port; safe to call twice, never raises (the port may be gone)."""
+        sock, self._sock = self._sock, None
+        port, self._serial = self._serial, None
+        if sock is not None:
+            with suppress(OSError):
+                sock.close()
+        if port is not None:
+            with suppress(*_SERIAL_ERRORS):
+                port.close()
 
     def read(
         self,
@@ -245,81 +325,44 @@ class ModbusLink:
 
         ``timeout``/``retries`` override the config for this call only (the commissioning
         scanner probes absent units with a short timeout and no retry). ``settle_sec``
-        overrides how long an RTU line is left to go quiet after a failure (default: one
-        more timeout); a unit sweep uses a short one, since an answer from another unit is
-        refused by its unit id anyway. Raises ``ReadTimeout``, ``DeviceException``,
-        ``LinkDown`` or ``BadResponse``.
+        overrides how long an RTU line must stay quiet after a failure (default: one more
+        timeout, at most ``RTU_SETTLE_MAX_SEC``); a unit sweep uses a short one. Raises
+        ``ReadTimeout``, ``DeviceException``, ``LinkDown`` or ``BadResponse``.
         """
-        from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
-
         if kind not in FUNCTION_CODES:
             raise ValueError(f"unknown register kind {kind!r}")
-        if not self.connected:
-            self.connect()
-        self._wait_request_gap()
-        client = self._client
-        params = client.comm_params
-        self._call_timeout = self.timeout if timeout is None else timeout
-        self._call_settle = settle_sec
-        params.timeout_connect = self._call_timeout
-        client.transaction.retries = self.retries if retries is None else retries
+        function = FUNCTION_CODES[kind]
+        call_timeout = self.timeout if timeout is None else timeout
+        tries = 1 + (self.retries if retries is None else retries)
+        settle = min(call_timeout, RTU_SETTLE_MAX_SEC) if settle_sec is None else settle_sec
+        failure: ModbusReadError | None = None
+        late = False
+        self._first_sent = None
         try:
-            response = self._execute(kind, start, count, unit_id)
-        except ModbusIOException as exc:
-            self._settle_after_failure()
-            raise ReadTimeout(
-                f"no answer from unit {unit_id} on {self.description}", "timeout"
-            ) from exc
-        except ConnectionException as exc:
+            for _ in range(tries):
+                if not self.connected:
+                    self.connect()
+                self._wait_request_gap()
+                try:
+                    if self.is_tcp:
+                        return self._tcp_transaction(unit_id, function, start, count, call_timeout)
+                    return self._rtu_transaction(
+                        unit_id, function, start, count, call_timeout, settle
+                    )
+                except (ReadTimeout, BadResponse) as exc:
+                    failure = exc
+                    late = late or exc.reason == LATE_ANSWER
+                    if isinstance(exc, BadResponse) and exc.complete:
+                        break  # it will answer the same again: no retry
+                finally:
+                    self._last_io = time.monotonic()
+        except LinkDown:
             self.close()
-            raise LinkDown(f"lost connection to {self.description}") from exc
-        except OSError as exc:
-            self.close()
-            raise LinkDown(f"lost connection to {self.description}: {_os_reason(exc)}") from exc
-        except (ModbusException, ValueError) as exc:
-            self._settle_after_failure()
-            raise BadResponse(str(exc) or type(exc).__name__) from exc
-        finally:
-            self._last_io = time.monotonic()
-            params.timeout_connect = self.timeout
-            client.transaction.retries = self.retries
-        return self._check_response(response, kind, count, unit_id)
-
-    def _execute(self, kind: str, start: int, count: int, unit_id: int) -> Any:
-        client = self._client
-        if kind == "holding":
-            return client.read_holding_registers(start, count=count, device_id=unit_id)
-        if kind == "input":
-            return client.read_input_registers(start, count=count, device_id=unit_id)
-        if kind == "coil":
-            return client.read_coils(start, count=count, device_id=unit_id)
-        return client.read_discrete_inputs(start, count=count, device_id=unit_id)
-
-    def _check_response(
-        self, response: Any, kind: str, count: int, unit_id: int
-    ) -> list[int] | list[bool]:
-        """Trust an answer only if it is for this unit, function and length."""
-        if response.isError():
-            code = int(getattr(response, "exception_code", 0))
-            raise DeviceException(code)
-        if response.dev_id != unit_id:
-            self._settle_after_failure()
-            raise BadResponse(f"from unit {response.dev_id}, expected {unit_id}")
-        if response.function_code != FUNCTION_CODES[kind]:
-            self._settle_after_failure()
-            raise BadResponse(f"function {response.function_code}, expected {FUNCTION_CODES[kind]}")
-        if kind in BIT_KINDS:
-            bits = list(response.bits)
-            # Bits come padded to a whole byte; fewer than asked is a stale or cut answer.
-            if len(bits) < count or len(bits) > count + 7:
-                self._settle_after_failure()
-                raise BadResponse(f"{len(bits)} bits, expected {count}")
-            return [bool(bit) for bit in bits[:count]]
-        words = list(response.registers)
-        if len(words) != count:
-            self._settle_after_failure()
-            raise BadResponse(f"{len(words)} registers, expected {count}")
-        return [int(word) for word in words]
+            raise
+        assert failure is not None
+        if late and isinstance(failure, ReadTimeout):
+            raise ReadTimeout(str(failure), LATE_ANSWER) from failure
+        raise failure
 
     def _wait_request_gap(self) -> None:
         if self._gap <= 0:
@@ -328,30 +371,279 @@ class ModbusLink:
         if remaining > 0:
             time.sleep(remaining)
 
-    def _settle_after_failure(self) -> None:
-        """Make sure a late answer to this request cannot be read as the next one's.
+    # ------------------------------------------------------------------ RTU
 
-        RTU frames carry no transaction id: we let the line go quiet for one more timeout
-        (at most ``RTU_SETTLE_MAX_SEC``; an answer later than that is beyond any guard, and a
-        unit that fails is backed off anyway), then drop what arrived. TCP frames carry one,
-        but it cannot be trusted: pymodbus 3.16's own server and some gateways label a late
-        answer with the id of the request that follows. So on TCP the connection is replaced
-        at once: a late answer dies with the old socket, and a new one costs a handshake.
+    def _rtu_transaction(
+        self, unit: int, function: int, start: int, count: int, timeout: float, settle: float
+    ) -> list[int] | list[bool]:
+        """One request on the serial line and its answer, or a failure after the line settled.
+
+        How an answer is paired with its request without a transaction id:
+        - bytes waiting before we send belong to an earlier request (a late or second answer):
+          they are diagnosed, logged and discarded, never read as this answer;
+        - after any failure the line must stay quiet for ``settle`` (and past the latest
+          answer ever seen late on this line, capped) before anything else is sent, so a
+          device that queues requests has answered all of them before the next one goes out;
+        - the answer is read by its exact length (from the request) within one deadline and
+          checked: CRC, unit, function or exception, byte count; a complete, valid frame from
+          another unit asked on this line is a stray (skipped, we keep waiting for ours);
+        - after an answer from a unit seen answering twice, its second copy is waited for
+          and dropped before the next request (only that unit pays for it).
         """
-        if self.is_tcp:
-            self.close()
-            with suppress(ModbusReadError):
-                self.connect()  # if this fails, the next read reports the lost link
-            return
-        port: Any = self._client.socket
-        if port is None:
-            return
-        settle = self._call_settle
-        time.sleep(min(self._call_timeout, RTU_SETTLE_MAX_SEC) if settle is None else settle)
+        port = self._serial
+        self._discard_stale(port)
+        frame = rtu_request(unit, function, start, count)
+        self._asked.add(unit)
+        expected = rtu_answer_length(function, count)
+        sent = time.monotonic()
+        self._serial_io(port.write, frame)
+        first_sent, self._first_sent = self._first_sent, self._first_sent or sent
+        # The deadline counts the wire time of both frames on top of the device's time.
+        deadline = sent + timeout + (len(frame) + expected) * self._char_sec
         try:
-            port.reset_input_buffer()
-        except OSError:
+            answer = self._rtu_answer(port, unit, function, count, expected, deadline)
+        except (ReadTimeout, BadResponse) as exc:
+            self._answers.pop(unit, None)
+            if isinstance(exc, BadResponse) and exc.complete:
+                # An intact frame came: only the end of the line's traffic is waited for.
+                quiet = RTU_QUIET_CHARS * self._char_sec
+                self._drain(port, time.monotonic() + quiet, quiet)
+                raise
+            seen = self._settle(port, unit, sent, settle)
+            if seen and isinstance(exc, ReadTimeout):
+                raise ReadTimeout(str(exc), LATE_ANSWER) from exc
+            raise
+        answered = time.monotonic()
+        self._answers.setdefault(unit, deque(maxlen=RECENT_ANSWERS)).append((answer, answered))
+        if first_sent is not None:
+            # A retry was answered: that may have been the late answer to the first try (the
+            # same request, so the same values), with the retry's own answer still to come.
+            # It must not be read as the next request's answer: wait for it, drop it.
+            quiet = max(settle, RTU_QUIET_CHARS * self._char_sec)
+            until = answered + 1.25 * (answered - first_sent) + quiet
+            first = self._drain(port, until, quiet, late=True)
+            if first is not None:
+                self._late_sec = min(RTU_SETTLE_CAP_SEC, max(self._late_sec, first - sent))
+        echo = self._twice.get(unit)
+        if echo is not None:
+            self._await_copy(port, answer, answered + 1.5 * echo + len(answer) * self._char_sec)
+        parsed = parse_pdu(answer[1:-2], function, count)
+        if parsed.code is not None:
+            raise DeviceException(parsed.code)
+        assert parsed.values is not None
+        return parsed.values
+
+    def _rtu_answer(
+        self, port: Any, unit: int, function: int, count: int, expected: int, deadline: float
+    ) -> bytes:
+        """The complete, checked answer frame for the request just sent."""
+        while True:
+            header = self._read_until(port, RTU_HEADER_LENGTH, deadline)
+            if not header:
+                raise ReadTimeout(f"no answer from unit {unit} on {self.description}", "timeout")
+            if len(header) < RTU_HEADER_LENGTH:
+                raise BadResponse("incomplete answer")
+            length = rtu_frame_length(header)
+            if header[0] == unit and header[1] == function:
+                length = expected
+            if length is None:
+                raise BadResponse("not a read answer")
+            rest = self._read_until(port, length - RTU_HEADER_LENGTH, deadline)
+            frame = header + rest
+            if len(frame) < length:
+                raise BadResponse("incomplete answer")
+            if not crc_ok(frame):
+                self.faults.note((CRC_ERROR, unit), f"{self.description}: crc error (unit {unit})")
+                raise BadResponse(CRC_ERROR)
+            if frame[0] != unit:
+                if frame[0] in self._asked:
+                    self._stray(frame, time.monotonic())
+                    continue
+                raise BadResponse(f"answer from unit {frame[0]} (asked {unit})", complete=True)
+            try:
+                parse_pdu(frame[1:-2], function, count)
+            except FrameError as exc:
+                raise BadResponse(exc.reason, complete=True) from exc
+            return frame
+
+    def _stray(self, frame: bytes, at: float, late: bool = False) -> None:
+        """Diagnose a valid frame that answers no request in flight (and log it once).
+
+        A copy of an answer its unit gave since its last failure is a second answer (and
+        ``at`` minus that answer's time bounds how long to wait for copies from now on);
+        anything else (and anything when ``late``) is the late answer to a failed request.
+        """
+        unit = frame[0]
+        given = [t for answer, t in self._answers.get(unit, ()) if answer == frame]
+        if not late and given:
+            delay = max(0.0, min(at - given[-1], RTU_SETTLE_MAX_SEC))
+            self._twice[unit] = min(self._twice.get(unit, delay), delay)
+            kind = ANSWERED_TWICE
+        else:
+            kind = LATE_ANSWER
+        self.faults.note((kind, unit), f"{self.description}: unit {unit} {kind}")
+
+    def _await_copy(self, port: Any, answer: bytes, until: float) -> None:
+        """Wait (until ``until`` at most) for the second copy of ``answer``, and drop it."""
+        copy = self._read_until(port, len(answer), until)
+        if copy:
+            self._diagnose(copy + self._drop_waiting(port), time.monotonic())
+
+    def _drop_waiting(self, port: Any) -> bytes:
+        waiting = self._serial_io(lambda: port.in_waiting)
+        data = bytes(self._serial_io(port.read, waiting)) if waiting else b""
+        self._serial_io(port.reset_input_buffer)
+        return data
+
+    def _discard_stale(self, port: Any) -> None:
+        """Drop whatever arrived since the last transaction, diagnosing it first."""
+        waiting = self._serial_io(lambda: port.in_waiting)
+        if waiting:
+            data = self._serial_io(port.read, waiting)
+            self._serial_io(port.reset_input_buffer)
+            self._diagnose(bytes(data), time.monotonic())
+
+    def _diagnose(self, data: bytes, at: float, late: bool = False) -> bool:
+        """Name stray bytes (second or late answers, or noise); True if any frame was found."""
+        found = False
+        while len(data) >= RTU_HEADER_LENGTH:
+            length = rtu_frame_length(data[:RTU_HEADER_LENGTH])
+            if length is None or len(data) < length or not crc_ok(data[:length]):
+                break
+            self._stray(data[:length], at, late)
+            found = True
+            data = data[length:]
+        if data and not found:
+            self.faults.note(("noise", 0), f"{self.description}: stray bytes discarded")
+        return found
+
+    def _settle(self, port: Any, unit: int, sent: float, settle: float) -> bool:
+        """After a failure: wait for the line to stay quiet, then drop what arrived.
+
+        Quiet means no byte for ``settle`` (at least a few character times), and not before
+        the latest answer ever seen late on this line would have arrived again. Each byte
+        that arrives restarts the quiet time, up to ``RTU_SETTLE_CAP_SEC`` in all. True when
+        something arrived (the late answer, usually).
+        """
+        quiet = max(settle, RTU_QUIET_CHARS * self._char_sec)
+        now = time.monotonic()
+        first = self._drain(port, max(now + quiet, sent + 1.25 * self._late_sec + quiet), quiet)
+        if first is None:
+            return False
+        # Later answers make later settles: the next failure waits past this lateness.
+        self._late_sec = min(RTU_SETTLE_CAP_SEC, max(self._late_sec, first - sent))
+        return True
+
+    def _drain(self, port: Any, until: float, quiet: float, late: bool = False) -> float | None:
+        """Read and drop bytes until ``until`` and ``quiet`` seconds after the last one.
+
+        Capped at ``RTU_SETTLE_CAP_SEC`` from now (a chattering line must not stall the
+        poller). Frames that arrive are diagnosed; returns when the first byte arrived.
+        """
+        cap = time.monotonic() + RTU_SETTLE_CAP_SEC
+        until = min(until, cap)
+        arrived = bytearray()
+        first: float | None = None
+        while time.monotonic() < until:
+            chunk = self._read_until(port, 1, until)
+            if not chunk:
+                break
+            at = time.monotonic()
+            first = at if first is None else first
+            waiting = self._serial_io(lambda: port.in_waiting)
+            arrived += chunk + (self._serial_io(port.read, waiting) if waiting else b"")
+            until = min(cap, max(until, at + quiet))
+        self._serial_io(port.reset_input_buffer)
+        if first is not None and not self._diagnose(bytes(arrived), first, late):
+            self.faults.note(("noise", 0), f"{self.description}: stray bytes discarded")
+        return first
+
+    def _read_until(self, port: Any, size: int, deadline: float) -> bytes:
+        """Up to ``size`` bytes, returning early only at ``deadline`` (pyserial's timeout)."""
+        if size <= 0:
+            return b""
+        port.timeout = max(0.0, deadline - time.monotonic())
+        return bytes(self._serial_io(port.read, size))
+
+    def _serial_io(self, call: Callable[..., Any], *args: Any) -> Any:
+        """Run one pyserial call; a vanished port (any of its errors) becomes ``LinkDown``."""
+        try:
+            return call(*args)
+        except _SERIAL_ERRORS as exc:
             self.close()
+            raise LinkDown(f"lost serial port {self.description}: {_os_reason(exc)}") from exc
+
+    # ------------------------------------------------------------------ TCP
+
+    def _tcp_transaction(
+        self, unit: int, function: int, start: int, count: int, timeout: float
+    ) -> list[int] | list[bool]:
+        """One request over Modbus TCP and its answer, matched by transaction id.
+
+        A timed-out transaction replaces the connection: some servers (pymodbus 3.16's own,
+        some gateways) label a late answer with the id of the request that follows, so the
+        id alone cannot keep a late answer out; with the old socket it dies.
+        """
+        sock = self._sock
+        assert sock is not None
+        self._transaction = (self._transaction + 1) & 0xFFFF
+        transaction = self._transaction
+        try:
+            sock.sendall(tcp_request(transaction, unit, function, start, count))
+        except OSError as exc:
+            raise LinkDown(f"lost connection to {self.description}: {_os_reason(exc)}") from exc
+        deadline = time.monotonic() + timeout
+        while True:
+            header = self._recv(sock, MBAP_LENGTH, deadline, unit)
+            mbap = parse_mbap(header)
+            if mbap.protocol != 0 or not 2 <= mbap.length <= 254:
+                self.close()
+                raise BadResponse("not a Modbus TCP frame")
+            pdu = self._recv(sock, mbap.length - 1, deadline, unit)
+            if mbap.transaction == transaction:
+                break
+            if 0 < (transaction - mbap.transaction) & 0xFFFF <= RECENT_ANSWERS:
+                # An earlier transaction's answer: a copy of the last one, or a late one.
+                kind = ANSWERED_TWICE if header + pdu == self._tcp_last else LATE_ANSWER
+                self.faults.note((kind, mbap.unit), f"{self.description}: unit {mbap.unit} {kind}")
+                continue
+            self.close()
+            raise BadResponse(f"answer to transaction {mbap.transaction} (sent {transaction})")
+        self._tcp_last = header + pdu
+        if mbap.unit != unit:
+            raise BadResponse(f"answer from unit {mbap.unit} (asked {unit})", complete=True)
+        try:
+            parsed = parse_pdu(pdu, function, count)
+        except FrameError as exc:
+            raise BadResponse(exc.reason, complete=True) from exc
+        if parsed.code is not None:
+            raise DeviceException(parsed.code)
+        assert parsed.values is not None
+        return parsed.values
+
+    def _recv(self, sock: socket.socket, size: int, deadline: float, unit: int) -> bytes:
+        """Exactly ``size`` bytes before ``deadline``; a timeout replaces the connection."""
+        data = bytearray()
+        while len(data) < size:
+            remaining = deadline - time.monotonic()
+            try:
+                if remaining <= 0:
+                    raise TimeoutError
+                sock.settimeout(remaining)
+                chunk = sock.recv(size - len(data))
+            except TimeoutError as exc:
+                self.close()
+                if data:
+                    raise BadResponse("incomplete answer") from exc
+                raise ReadTimeout(
+                    f"no answer from unit {unit} on {self.description}", "timeout"
+                ) from exc
+            except OSError as exc:
+                raise LinkDown(f"lost connection to {self.description}: {_os_reason(exc)}") from exc
+            if not chunk:
+                raise LinkDown(f"lost connection to {self.description}: closed by the peer")
+            data += chunk
+        return bytes(data)
 
 
 def create_client(modbus: ModbusConfig) -> ModbusLink:
@@ -368,6 +660,7 @@ class RequestResult:
     error: str | None = None
     failure: str | None = None
     exception_code: int | None = None
+    detail: str | None = None  # the whole message, for logs ("lost serial port ...: ...")
 
     @property
     def ok(self) -> bool:
@@ -404,13 +697,29 @@ class ReadLink(Protocol):
         """Read words or bits, or raise a ``ModbusReadError``."""
 
 
-def read_request(link: ReadLink, request: ReadRequest) -> RequestResult:
-    """Execute one planned request; every failure becomes a ``RequestResult`` with an error."""
+def read_request(
+    link: ReadLink, request: ReadRequest, *, retries: int | None = None
+) -> RequestResult:
+    """Execute one planned request; every failure becomes a ``RequestResult`` with an error.
+
+    ``retries`` overrides the configured retries (0 for a probe of a backed-off request).
+    """
     try:
-        values = link.read(request.unit_id, request.kind, request.start, request.count)
+        if retries is None:
+            values = link.read(request.unit_id, request.kind, request.start, request.count)
+        else:
+            values = link.read(
+                request.unit_id, request.kind, request.start, request.count, retries=retries
+            )
     except ModbusReadError as exc:
         code = exc.code if isinstance(exc, DeviceException) else None
-        return RequestResult(request, error=exc.reason, failure=exc.failure, exception_code=code)
+        return RequestResult(
+            request,
+            error=exc.reason,
+            failure=exc.failure,
+            exception_code=code,
+            detail=exc.message,
+        )
     return RequestResult(request, values=values)
 
 

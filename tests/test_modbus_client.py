@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from collections.abc import Callable
@@ -124,7 +125,7 @@ def test_tcp_nodelay_is_set(tcp_simulator: SimulatorServer) -> None:
     """The TCP socket has Nagle switched off."""
     link = create_client(modbus_config(tcp_simulator.address))
     link.connect()
-    sock = link._client.socket
+    sock = link.tcp_socket
     assert isinstance(sock, socket.socket)
     assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
     link.close()
@@ -194,3 +195,78 @@ def test_late_rtu_answer_is_never_taken_for_the_next(
         assert link.read(1, "holding", 110, 1, timeout=0.5) == [0xFF85]  # -12.3 °C
     finally:
         link.close()
+
+
+def test_rtu_crc_error_is_named_and_the_line_recovers(pty_pair: tuple[str, str]) -> None:
+    """A corrupted answer is "crc error" (never values); the next read is right."""
+    from nixlog.frames import rtu_answer
+    from nixlog.modbus_client import BadResponse
+    from tests.peers.devices import Request, RtuDevice, Send, value_of
+
+    server_end, client_end = pty_pair
+    corrupt = {"on": True}
+
+    def behaviour(request: Request) -> list[Send]:
+        frame = bytearray(rtu_answer(request.unit, request.function, request.values()))
+        if corrupt["on"]:
+            frame[3] ^= 0x40
+        return [(0.0, bytes(frame))]
+
+    device = RtuDevice(server_end, {1}, behaviour).start()
+    link = create_client(modbus_config(client_end, timeout_sec=0.3, retries=1))
+    try:
+        with pytest.raises(BadResponse) as caught:
+            link.read(1, "holding", 5, 2)
+        assert caught.value.reason == "crc error"
+        assert device.count(1) == 2  # nixlog's own retry, after the line settled
+        corrupt["on"] = False
+        assert link.read(1, "holding", 5, 2) == [value_of(1, 5), value_of(1, 6)]
+    finally:
+        link.close()
+        device.stop()
+
+
+def test_rtu_exception_and_wrong_unit(pty_pair: tuple[str, str]) -> None:
+    """An exception frame maps to DeviceException at once; a reply from unit 255 is named."""
+    from nixlog.frames import rtu_answer, rtu_exception
+    from nixlog.modbus_client import BadResponse
+    from tests.peers.devices import Request, RtuDevice, Send
+
+    server_end, client_end = pty_pair
+
+    def behaviour(request: Request) -> list[Send]:
+        if request.start == 0:
+            return [(0.0, rtu_exception(request.unit, request.function, 2))]
+        return [(0.0, rtu_answer(255, request.function, request.values()))]
+
+    device = RtuDevice(server_end, {1}, behaviour).start()
+    link = create_client(modbus_config(client_end, timeout_sec=0.3, retries=0))
+    try:
+        started = time.monotonic()
+        with pytest.raises(DeviceException) as exc_info:
+            link.read(1, "holding", 0, 1)
+        assert exc_info.value.code == 2
+        with pytest.raises(BadResponse, match=r"answer from unit 255 \(asked 1\)"):
+            link.read(1, "holding", 10, 1)
+        assert time.monotonic() - started < 1.0  # answered at once: no timeout was waited
+    finally:
+        link.close()
+        device.stop()
+
+
+def test_rtu_stale_bytes_are_discarded_before_a_request(pty_pair: tuple[str, str]) -> None:
+    """A frame sent unasked between two requests is dropped, not read as the next answer."""
+    from nixlog.frames import rtu_answer
+    from tests.peers.devices import RtuDevice, value_of
+
+    server_end, client_end = pty_pair
+    device = RtuDevice(server_end, {1}).start()
+    link = create_client(modbus_config(client_end, timeout_sec=0.3, retries=0))
+    try:
+        assert link.read(1, "holding", 7, 1) == [value_of(1, 7)]
+        os.write(device._fd, rtu_answer(1, 3, [0xDEAD]))  # the same shape as the next read
+        time.sleep(0.05)
+        assert link.read(1, "holding", 8, 1) == [value_of(1, 8)]
+    finally:
+        link.close()
+        device.stop()

@@ -304,3 +304,142 @@ def test_unexpected_error_does_not_kill_the_poller(caplog: pytest.LogCaptureFixt
     assert "unexpected error" in caplog.text
     link.fail_with = None
     assert poller.poll_once() is not None
+
+
+# --------------------------------------------------------------------------- isolation
+
+
+class BehaviourLink:
+    """A fake link answering by a rule per (unit, start): values, silence, or a dropped link."""
+
+    description = "fake"
+
+    def __init__(self, rules: dict[tuple[int, int], str]) -> None:
+        self.rules = rules
+        self.connected = True
+        self.connects = 0
+        self.asked: list[tuple[int, int]] = []
+
+    def connect(self) -> None:
+        self.connects += 1
+        self.connected = True
+
+    def close(self) -> None:
+        self.connected = False
+
+    def read(
+        self,
+        unit_id: int,
+        kind: str,
+        start: int,
+        count: int,
+        *,
+        timeout: float | None = None,
+        retries: int | None = None,
+        settle_sec: float | None = None,
+    ) -> list[int]:
+        from nixlog.modbus_client import LATE_ANSWER, LinkDown, ReadTimeout
+
+        self.asked.append((unit_id, start))
+        rule = self.rules.get((unit_id, start), "ok")
+        if rule == "silent":
+            raise ReadTimeout("no answer", "timeout")
+        if rule == "late":
+            raise ReadTimeout("no answer", LATE_ANSWER)
+        if rule == "drop":
+            self.connected = False
+            raise LinkDown("lost connection to fake")
+        return [unit_id * 1000 + start] * count
+
+
+FOUR_BLOCKS = (
+    RegisterConfig("u1_a", 0),
+    RegisterConfig("u1_b", 100),
+    RegisterConfig("u2_a", 0, unit_id=2),
+    RegisterConfig("u2_b", 100, unit_id=2),
+)
+
+
+def test_block_silent_alone_is_backed_off_alone(caplog: pytest.LogCaptureFixture) -> None:
+    """A block silent while its unit answers the others is skipped alone; one log line."""
+    clock = FakeClock()
+    link = BehaviourLink({(1, 0): "silent"})
+    poller = Poller(link, FOUR_BLOCKS, clock=clock)
+    caplog.set_level("WARNING", logger="nixlog")
+    poller.poll_once()  # unit 1 has answered nothing yet: the rest of it is skipped once
+    for _ in range(6):
+        reading = poller.poll_once()
+        assert reading is not None
+        assert reading.values == {"u1_b": 1100, "u2_a": 2000, "u2_b": 2100}
+        clock.advance(0.1)
+    assert not poller.unit_backed_off(1)
+    assert poller.block_backed_off(poller.plan[0])
+    assert link.asked.count((1, 0)) == 3  # silent three times (once forgiven), then skipped
+    assert reading.errors == {"u1_a": "skipped: block not responding"}
+    assert sum("does not answer" in m for m in caplog.messages) == 1
+
+
+def test_silent_first_block_does_not_skip_the_unit_next_time() -> None:
+    """After a cycle where its first block was silent, a unit's other blocks are read first."""
+    link = BehaviourLink({(1, 0): "silent"})
+    poller = Poller(link, FOUR_BLOCKS, clock=FakeClock())
+    first = poller.poll_once()
+    assert first is not None and "u1_b" not in first.values  # the rest of unit 1 skipped once
+    second = poller.poll_once()
+    assert second is not None and second.values["u1_b"] == 1100
+    assert link.asked[-4:] == [(1, 100), (2, 0), (2, 100), (1, 0)]
+
+
+def test_late_answer_proves_the_unit_is_there() -> None:
+    """A late answer fails its block but does not get the unit's other blocks skipped."""
+    link = BehaviourLink({(1, 0): "late"})
+    poller = Poller(link, FOUR_BLOCKS, clock=FakeClock())
+    reading = poller.poll_once()
+    assert reading is not None and reading.values["u1_b"] == 1100
+    assert reading.errors == {"u1_a": "late answer discarded"}
+
+
+def test_dropped_connection_is_reopened_once_per_cycle(caplog: pytest.LogCaptureFixture) -> None:
+    """A request that drops the link: one reconnect, the rest still read; blamed on the third."""
+    clock = FakeClock()
+    link = BehaviourLink({(1, 100): "drop"})
+    poller = Poller(link, FOUR_BLOCKS, clock=clock)
+    caplog.set_level("WARNING", logger="nixlog")
+    for _ in range(5):
+        reading = poller.poll_once()
+        assert reading is not None
+        assert reading.values == {"u1_a": 1000, "u2_a": 2000, "u2_b": 2100}
+        clock.advance(0.1)
+    assert link.asked.count((1, 100)) == 3  # dropped the link three times in a row: blamed
+    assert link.connects == 3
+    assert sum("lost connection" in m for m in caplog.messages) == 1
+
+
+def test_second_drop_in_a_cycle_leaves_the_rest_disconnected() -> None:
+    """Two requests dropping the link in one cycle: after the second the rest is not sent."""
+    link = BehaviourLink({(1, 0): "drop", (1, 100): "drop"})
+    poller = Poller(link, FOUR_BLOCKS, clock=FakeClock())
+    assert poller.poll_once() is None
+    assert link.asked == [(1, 0), (1, 100)]
+    assert poller.last_cycle is not None
+    assert poller.last_cycle.errors["u2_b"] == "disconnected"
+
+
+def test_fault_log_once_then_a_summary_per_interval(caplog: pytest.LogCaptureFixture) -> None:
+    """A repeating condition: one line, then one summary line per interval with the count."""
+    import logging
+
+    from nixlog.modbus_client import FaultLog
+
+    clock = FakeClock()
+    faults = FaultLog(logging.getLogger("nixlog.test"), interval=300, clock=clock)
+    caplog.set_level("WARNING", logger="nixlog")
+    for _ in range(100):
+        faults.note("k", "unit 1 does not answer")
+        clock.advance(5)  # 100 notes over 500 s
+    assert caplog.messages == [
+        "unit 1 does not answer",
+        "unit 1 does not answer (60 times in the last 5 min)",
+    ]
+    assert faults.clear("k") and not faults.active("k")
+    assert faults.note("k", "again")

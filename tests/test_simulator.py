@@ -84,12 +84,15 @@ def test_writes_are_refused(start_simulator: Callable[..., SimulatorServer]) -> 
     """The simulated meter is read-only: a write gets exception 1 (and is counted)."""
     context = build_simulator_context()
     sim = start_simulator(context)
-    link = create_client(modbus_config(sim.address))
-    link.connect()
+    from pymodbus.client import ModbusTcpClient
+
+    host, port = modbus_config(sim.address).tcp_address
+    client = ModbusTcpClient(host, port=port, timeout=1.0, retries=0)
+    client.connect()  # type: ignore[no-untyped-call]
     try:
-        response = link._client.write_register(100, 5, device_id=1)
+        response = client.write_register(100, 5, device_id=1)
     finally:
-        link.close()
+        client.close()  # type: ignore[no-untyped-call]
     assert response.isError() and response.exception_code == 1
     assert context.request_count(1) == 1
 

@@ -1,0 +1,188 @@
+"""Modbus read frames as bytes: CRC16, request ADUs, answer lengths and parsing (pure, no I/O).
+
+``modbus_client`` owns the transaction (write, read exactly this many bytes, check, retry);
+this module only knows what the bytes must be. Everything here is property-tested: a request
+built and parsed back is the same request, an answer built and parsed back gives the same
+values, and the CRC matches the golden values of the Modbus specification.
+
+RTU ADU: unit, function, data, CRC16 (low byte first). TCP ADU: a 7-byte MBAP header
+(transaction id, protocol 0, length of what follows, unit) and the PDU, no CRC.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Final
+
+READ_FUNCTIONS: Final = frozenset({1, 2, 3, 4})
+BIT_FUNCTIONS: Final = frozenset({1, 2})
+EXCEPTION_BIT: Final = 0x80
+RTU_EXCEPTION_LENGTH: Final = 5  # unit, function | 0x80, code, CRC (2)
+RTU_HEADER_LENGTH: Final = 3  # unit, function, byte count (or exception code)
+MBAP_LENGTH: Final = 7
+MAX_PDU_LENGTH: Final = 253
+
+
+def _crc_table() -> tuple[int, ...]:
+    table = []
+    for byte in range(256):
+        crc = byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
+        table.append(crc)
+    return tuple(table)
+
+
+_CRC_TABLE: Final = _crc_table()
+
+
+def crc16(data: bytes) -> int:
+    """Modbus CRC16 (polynomial 0xA001 reflected, start 0xFFFF); sent low byte first."""
+    crc = 0xFFFF
+    for byte in data:
+        crc = (crc >> 8) ^ _CRC_TABLE[(crc ^ byte) & 0xFF]
+    return crc
+
+
+def with_crc(body: bytes) -> bytes:
+    """``body`` followed by its CRC16, low byte first (a complete RTU frame)."""
+    return body + crc16(body).to_bytes(2, "little")
+
+
+def crc_ok(frame: bytes) -> bool:
+    """True when the last two bytes of ``frame`` are the CRC16 of the rest."""
+    return len(frame) >= 4 and crc16(frame[:-2]) == int.from_bytes(frame[-2:], "little")
+
+
+def byte_count(function: int, count: int) -> int:
+    """Data bytes of a normal answer: 2 per register, or the bits packed 8 to a byte."""
+    return (count + 7) // 8 if function in BIT_FUNCTIONS else 2 * count
+
+
+def read_pdu(function: int, start: int, count: int) -> bytes:
+    """The PDU of a read: function, start address, quantity."""
+    if function not in READ_FUNCTIONS:
+        raise ValueError(f"not a read function: {function}")
+    if not (0 <= start <= 0xFFFF and 1 <= count <= 2000):
+        raise ValueError(f"start {start} / count {count} out of range")
+    return struct.pack(">BHH", function, start, count)
+
+
+def rtu_request(unit: int, function: int, start: int, count: int) -> bytes:
+    """The 8-byte RTU frame of a read request."""
+    return with_crc(bytes([unit]) + read_pdu(function, start, count))
+
+
+def rtu_answer_length(function: int, count: int) -> int:
+    """Length of the normal RTU answer to a read: unit, function, byte count, data, CRC."""
+    return 5 + byte_count(function, count)
+
+
+def tcp_request(transaction: int, unit: int, function: int, start: int, count: int) -> bytes:
+    """The 12-byte Modbus TCP frame of a read request."""
+    pdu = read_pdu(function, start, count)
+    return struct.pack(">HHHB", transaction & 0xFFFF, 0, len(pdu) + 1, unit) + pdu
+
+
+@dataclass(frozen=True)
+class Mbap:
+    """A Modbus TCP header: ``length`` counts the unit byte and the PDU."""
+
+    transaction: int
+    protocol: int
+    length: int
+    unit: int
+
+
+def parse_mbap(header: bytes) -> Mbap:
+    """The fields of a 7-byte MBAP header."""
+    transaction, protocol, length, unit = struct.unpack(">HHHB", header)
+    return Mbap(transaction, protocol, length, unit)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A checked answer: ``values`` (words or bits), or the exception ``code``."""
+
+    values: list[int] | list[bool] | None = None
+    code: int | None = None
+
+
+class FrameError(ValueError):
+    """Bytes that are not the answer to the request; ``reason`` is the short diagnosis."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def parse_pdu(pdu: bytes, function: int, count: int) -> Answer:
+    """Check an answer PDU (function, byte count, data) against the read it answers."""
+    if not pdu:
+        raise FrameError("empty answer")
+    if pdu[0] == function | EXCEPTION_BIT:
+        if len(pdu) != 2:
+            raise FrameError("bad exception frame")
+        return Answer(code=pdu[1])
+    if pdu[0] != function:
+        raise FrameError(f"answer with function {pdu[0]} (asked {function})")
+    expected = byte_count(function, count)
+    if len(pdu) < 2 or pdu[1] != expected or len(pdu) != 2 + expected:
+        got = pdu[1] if len(pdu) > 1 else 0
+        raise FrameError(f"answer with {got} data bytes (expected {expected})")
+    data = pdu[2:]
+    if function in BIT_FUNCTIONS:
+        bits = [bool(data[i // 8] >> (i % 8) & 1) for i in range(count)]
+        return Answer(values=bits)
+    return Answer(values=list(struct.unpack(f">{count}H", data)))
+
+
+def parse_rtu_answer(frame: bytes, unit: int, function: int, count: int) -> Answer:
+    """Check a complete RTU answer frame (CRC, unit, then the PDU) for the request."""
+    if not crc_ok(frame):
+        raise FrameError("crc error")
+    if frame[0] != unit:
+        raise FrameError(f"answer from unit {frame[0]} (asked {unit})")
+    return parse_pdu(frame[1:-2], function, count)
+
+
+def rtu_frame_length(header: bytes) -> int | None:
+    """Length of an RTU answer from its first 3 bytes, or None if they are no read answer."""
+    function = header[1]
+    if function & EXCEPTION_BIT and function & 0x7F in READ_FUNCTIONS:
+        return RTU_EXCEPTION_LENGTH
+    if function in READ_FUNCTIONS:
+        return 5 + header[2]
+    return None
+
+
+def encode_answer_pdu(function: int, values: list[int] | list[bool]) -> bytes:
+    """The answer PDU carrying ``values`` (the inverse of ``parse_pdu``; devices in tests)."""
+    if function in BIT_FUNCTIONS:
+        data = bytearray((len(values) + 7) // 8)
+        for index, bit in enumerate(values):
+            if bit:
+                data[index // 8] |= 1 << (index % 8)
+        payload = bytes(data)
+    else:
+        payload = struct.pack(f">{len(values)}H", *values)
+    return bytes([function, len(payload)]) + payload
+
+
+def rtu_answer(unit: int, function: int, values: list[int] | list[bool]) -> bytes:
+    """A complete RTU answer frame carrying ``values``."""
+    return with_crc(bytes([unit]) + encode_answer_pdu(function, values))
+
+
+def rtu_exception(unit: int, function: int, code: int) -> bytes:
+    """A complete RTU exception frame."""
+    return with_crc(bytes([unit, function | EXCEPTION_BIT, code]))
+
+
+def parse_rtu_request(frame: bytes) -> tuple[int, int, int, int]:
+    """(unit, function, start, count) of an 8-byte RTU read request; FrameError if bad."""
+    if len(frame) != 8 or not crc_ok(frame):
+        raise FrameError("crc error")
+    function, start, count = struct.unpack(">BHH", frame[1:6])
+    return frame[0], function, start, count
