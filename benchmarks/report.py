@@ -13,6 +13,7 @@ import argparse
 import math
 import os
 import platform
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -25,7 +26,7 @@ from typing import TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks import daemon_cost, drain, export_rate, poll_rate, startup, wear
+from benchmarks import daemon_cost, drain, export_rate, poll_rate, rtu_rate, startup, wear
 
 T = TypeVar("T")
 DASH = "—"
@@ -43,10 +44,11 @@ class Sizes:
     soak_seconds: float
     startup_runs: int
     scan: bool
+    rtu_seconds: float
 
 
-FULL = Sizes(3.0, 50_000, 100_000, 1_000_000, 60.0, 120.0, 11, True)
-QUICK = Sizes(1.0, 5_000, 10_000, 100_000, 25.0, 30.0, 5, False)
+FULL = Sizes(3.0, 50_000, 100_000, 1_000_000, 60.0, 120.0, 11, True, 4.0)
+QUICK = Sizes(1.0, 5_000, 10_000, 100_000, 25.0, 30.0, 5, False, 1.0)
 SOAK_RATE_HZ = 200.0
 """The compressed soak polls 20x faster than the example: 2 minutes stand for 40 at 10 Hz."""
 READINGS_PER_HOUR = 36_000  # at 10 Hz
@@ -124,6 +126,13 @@ def measure(sizes: Sizes, directory: Path | None) -> tuple[list[Row], list[str]]
             "one request per register",
         ),
     ]
+
+    if shutil.which("socat") is None:
+        notes.append("RTU line time: left out (the paced line needs socat: apt-get install socat)")
+    else:
+        rtu = _step("RTU line time", lambda: rtu_rate.measure(sizes.rtu_seconds))
+        rows += rtu_rows(rtu)
+        notes += rtu_notes(rtu)
 
     payload, designs = _step(
         "SD-card wear", lambda: wear.measure(sizes.wear_readings, 100, directory)
@@ -246,6 +255,61 @@ def measure(sizes: Sizes, directory: Path | None) -> tuple[list[Row], list[str]]
     return rows, notes
 
 
+def rtu_rows(rtu: rtu_rate.RtuRate) -> list[Row]:
+    """Per baud rate: nixlog's % of the wire-time limit against each baseline, and its gap."""
+    rows: list[Row] = []
+    libmodbus = rtu.missing.get("libmodbus")
+    for result in rtu.results:
+        baud = result.baud
+        target = rtu_rate.TARGETS.get(baud)
+        aim = f" (target ≥ {target:g})" if target else ""
+        lib_percent = result.percent("libmodbus")
+        rows += [
+            Row(
+                f"RTU {baud} baud: % of wire-time limit, example map{aim}",
+                result.percent("nixlog"),
+                result.percent("pymodbus"),
+                f"bare pymodbus ModbusSerialClient, same {rtu.requests} requests",
+            ),
+            Row(
+                f"RTU {baud} baud: % of wire-time limit, against libmodbus",
+                result.percent("nixlog"),
+                None if math.isnan(lib_percent) else lib_percent,
+                "libmodbus RTU client (ctypes), same requests"
+                + (f" — left out: {libmodbus}" if libmodbus else ""),
+            ),
+            Row(
+                f"RTU {baud} baud: median ms from answer to next request "
+                f"(target < {rtu_rate.GAP_TARGET_MS:g})",
+                result.gap_ms("nixlog"),
+                result.gap_ms("pymodbus"),
+                "bare pymodbus ModbusSerialClient, same line",
+            ),
+        ]
+    return rows
+
+
+def rtu_notes(rtu: rtu_rate.RtuRate) -> list[str]:
+    """The absolute RTU figures behind the percentages, and how true the paced line ran."""
+    notes = []
+    for result in rtu.results:
+        runs = result.runs
+        rates = ", ".join(f"{name} {run.rate:.2f}" for name, run in runs.items())
+        gaps = ", ".join(f"{name} {run.median_gap_ms:.2f}" for name, run in runs.items())
+        handover = max((r.line.median_handover for r in runs.values()), default=math.nan) * 1e6
+        late = sum(run.line.late_answers for run in runs.values())
+        answers = sum(run.line.answers for run in runs.values())
+        notes.append(
+            f"RTU {result.baud} baud (slave turnaround {rtu.turnaround_sec * 1000:g} ms): "
+            f"wire-time limit {result.limit:.2f} cycles/s; measured cycles/s: {rates}; "
+            f"median gap ms: {gaps}; the relay handed answers on {handover:.0f} us after "
+            f"their wire time (median, worst master), {late} of {answers} answers late"
+        )
+    for master, why in rtu.missing.items():
+        notes.append(f"RTU: {master} left out ({why})")
+    return notes
+
+
 def _scan_speed() -> list[str]:
     """The register-scan figures of ``scan_speed.py`` (TCP, no unit sweep), as it prints them.
 
@@ -325,6 +389,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[Sizes, Path | None]:
     parser.add_argument("--startup-runs", type=int, help="runs per start-up command")
     parser.add_argument("--no-scan", action="store_true", help="leave out scan_speed.py")
     parser.add_argument(
+        "--rtu-seconds",
+        type=float,
+        help=f"seconds per master and baud rate on the paced RTU line (default "
+        f"{FULL.rtu_seconds:g}, --quick {QUICK.rtu_seconds:g}; 9 runs)",
+    )
+    parser.add_argument(
         "--dir",
         type=Path,
         default=Path("/var/tmp") if Path("/var/tmp").is_dir() else None,
@@ -342,6 +412,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Sizes, Path | None]:
         soak_seconds=args.soak_seconds or base.soak_seconds,
         startup_runs=args.startup_runs or base.startup_runs,
         scan=base.scan and not args.no_scan,
+        rtu_seconds=args.rtu_seconds or base.rtu_seconds,
     )
     return sizes, args.dir
 

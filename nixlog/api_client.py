@@ -17,6 +17,11 @@ Status classes (DESIGN §7, with the cases the design leaves open decided here):
   belongs here: the server does not implement POST on that URL.
 - 413: ``too_large`` — split the batch.
 - any other 4xx (400, 409, 422, ...): ``refused`` — bisect to find the readings the API refuses.
+
+Bounded against any server (ARCHITECTURE.md, hostile peers): ``api.timeout_sec`` is a deadline
+for the whole request (connect, send, headers and body), not for each read; at most
+``MAX_BODY_BYTES`` of the response body are read, raw, and only a short detail line is ever
+inflated from them, so neither a 50 MB body nor a gzip bomb costs memory.
 """
 
 from __future__ import annotations
@@ -25,10 +30,13 @@ import email.utils
 import gzip as gzip_module
 import json
 import math
+import re
 import ssl
+import threading
 import time
+import zlib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Final, Literal
@@ -50,6 +58,11 @@ _AUTH_STATUSES: Final = frozenset({401, 403, 407})
 _ENDPOINT_STATUSES: Final = frozenset({404, 405, 406, 410, 411, 414, 415, 501, 505})
 _TEMPORARY_4XX: Final = frozenset({408, 425, 429})
 _DETAIL_LIMIT: Final = 200
+MAX_BODY_BYTES: Final = 64 * 1024
+"""At most this much of a response body is read (the status and a detail line are all we use)."""
+_CANCEL_POLL_SEC: Final = 0.05
+"""How often a caller waiting for a post looks at its cancel event (shutdown latency)."""
+_DIGITS: Final = re.compile(r"[0-9]+")
 
 
 @dataclass(frozen=True)
@@ -133,23 +146,28 @@ def encode_body(payload: Mapping[str, Any], *, compress: bool) -> bytes:
 def parse_retry_after(value: str | None, now: datetime) -> float | None:
     """Seconds to wait from a ``Retry-After`` header (delta seconds or HTTP date).
 
-    None when absent or unreadable; otherwise clamped to ``0..MAX_RETRY_AFTER_SEC``.
+    None when absent or unreadable; otherwise clamped to ``0..MAX_RETRY_AFTER_SEC``. Any
+    string is accepted and none raises: a header is the server's text, not ours (400 digits,
+    ``²``, negative numbers, dates in year 1 or 9999 are all seen in the field).
     """
     if value is None:
         return None
     text = value.strip()
     if not text:
         return None
-    if text.isdigit():
-        seconds = float(int(text))
+    if _DIGITS.fullmatch(text):  # ASCII digits only: str.isdigit() also accepts "²"
+        # More than 10 digits is more than 300 years: clamp without building a huge number.
+        seconds = MAX_RETRY_AFTER_SEC if len(text.lstrip("0")) > 10 else float(int(text))
     else:
         try:
             when = email.utils.parsedate_to_datetime(text)
-        except (TypeError, ValueError, IndexError):
+            if when.tzinfo is None:  # "-0000" means UTC per RFC 5322
+                when = when.replace(tzinfo=UTC)
+            seconds = (when - now).total_seconds()
+        except (TypeError, ValueError, IndexError, OverflowError, AttributeError):
             return None
-        if when.tzinfo is None:  # "-0000" means UTC per RFC 5322
-            when = when.replace(tzinfo=UTC)
-        seconds = (when - now).total_seconds()
+    if not math.isfinite(seconds):
+        return None
     return min(max(seconds, 0.0), MAX_RETRY_AFTER_SEC)
 
 
@@ -192,7 +210,8 @@ class ApiClient:
     """Posts batches for one device and database epoch to ``api.endpoint``.
 
     ``transport`` replaces the network (``httpx.MockTransport`` in unit tests); ``wall_clock``
-    gives "now" for ``Retry-After`` dates. Use as a context manager or call ``close()``.
+    gives "now" for ``Retry-After`` dates; a set ``cancel`` event (the daemon's stop event)
+    abandons a post in flight. Use as a context manager or call ``close()``.
     """
 
     def __init__(
@@ -203,8 +222,10 @@ class ApiClient:
         *,
         transport: httpx.BaseTransport | None = None,
         wall_clock: Callable[[], datetime] | None = None,
+        cancel: threading.Event | None = None,
     ) -> None:
         self.api = api
+        self.cancel = cancel
         self.device_id = device_id
         self.epoch = epoch
         self._wall_clock = wall_clock or (lambda: datetime.now(UTC))
@@ -257,13 +278,74 @@ class ApiClient:
             headers["Content-Encoding"] = "gzip"
         return headers
 
-    def publish_data(self, rows: Sequence[StoredReading]) -> PublishResult:
-        """POST ``rows`` as one batch and classify the outcome; never raises for I/O."""
+    def publish_data(
+        self, rows: Sequence[StoredReading], cancel: threading.Event | None = None
+    ) -> PublishResult:
+        """POST ``rows`` as one batch and classify the outcome; never raises for I/O.
+
+        The whole request is bounded by ``api.timeout_sec``; a set ``cancel`` event (shutdown)
+        abandons it sooner. An abandoned post may or may not have reached the server: its rows
+        stay unsent and are offered again later with the same ids (at-least-once).
+        """
+        cancel = cancel if cancel is not None else self.cancel
         body = encode_body(self.payload(rows), compress=self.api.gzip)
         headers = self.headers(rows, reveal_key=True)
         started = time.monotonic()
+        deadline = started + self.api.timeout_sec
+        post = _Post()
+        # httpx bounds each read, never the request: a server that sends a byte every 2 s
+        # would hold us for ever. The post runs in a worker thread that we stop waiting for at
+        # the deadline; the worker itself gives up at its next read or chunk (see _run).
+        worker = threading.Thread(
+            target=self._run, args=(post, body, headers, deadline), name="nixlog-post", daemon=True
+        )
+        worker.start()
+        while not post.done.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                post.abandoned.set()
+                return PublishResult(
+                    "temporary",
+                    detail=f"no complete answer from the API within {self.api.timeout_sec:g} s "
+                    "(timeout)",
+                )
+            if cancel is not None and cancel.is_set():
+                post.abandoned.set()
+                return PublishResult("temporary", detail="post abandoned: shutting down")
+            post.done.wait(min(remaining, _CANCEL_POLL_SEC) if cancel is not None else remaining)
+        assert post.result is not None
+        return post.result
+
+    def _run(self, post: _Post, body: bytes, headers: dict[str, str], deadline: float) -> None:
+        """The worker: send, read the status, headers and at most ``MAX_BODY_BYTES``."""
         try:
-            response = self._client.post(self.api.endpoint, content=body, headers=headers)
+            result = self._send(post, body, headers, deadline)
+        except Exception as exc:  # the caller must get a result, never a raise
+            result = PublishResult(
+                "temporary", detail=self._redact(f"unexpected error talking to the API: {exc}")
+            )
+        if not post.done.is_set():  # a 2xx is answered as soon as its status is known
+            post.result = result
+            post.done.set()
+
+    def _send(
+        self, post: _Post, body: bytes, headers: dict[str, str], deadline: float
+    ) -> PublishResult:
+        started = deadline - self.api.timeout_sec
+        # Each phase's own timeout is what is left of the deadline, so the worker ends soon
+        # after the caller stopped waiting for it.
+        timeout = httpx.Timeout(max(deadline - time.monotonic(), 0.001))
+        try:
+            with self._client.stream(
+                "POST", self.api.endpoint, content=body, headers=headers, timeout=timeout
+            ) as response:
+                if 200 <= response.status_code < 300:
+                    # The status says the batch was accepted: nobody waits for the body, which
+                    # is still read (capped) so that the connection can be reused.
+                    post.result = self._result(response, b"")
+                    post.done.set()
+                raw = _read_capped(response, deadline, post.abandoned)
+                return self._result(response, raw)
         except httpx.TimeoutException:
             waited = time.monotonic() - started
             return PublishResult(
@@ -273,9 +355,8 @@ class ApiClient:
             return PublishResult("temporary", detail=self._redact(f"cannot reach the API: {exc}"))
         except ssl.SSLError as exc:  # e.g. an unreadable ca_file chain at handshake time
             return PublishResult("temporary", detail=self._redact(f"TLS error: {exc}"))
-        return self._result(response)
 
-    def _result(self, response: httpx.Response) -> PublishResult:
+    def _result(self, response: httpx.Response, raw: bytes) -> PublishResult:
         status = response.status_code
         kind = classify_status(status)
         retry_after = None
@@ -283,7 +364,8 @@ class ApiClient:
             retry_after = parse_retry_after(response.headers.get("Retry-After"), self._wall_clock())
         detail = f"HTTP {status} {response.reason_phrase}".rstrip()
         if kind != "delivered":
-            snippet = " ".join(response.text[:_DETAIL_LIMIT].split())
+            text = _detail_text(raw, response.headers.get("Content-Encoding", ""))
+            snippet = " ".join(text.split())[:_DETAIL_LIMIT]
             if snippet:
                 detail += f": {snippet}"
         return PublishResult(
@@ -294,3 +376,47 @@ class ApiClient:
         """Belt and braces: a server or an exception that echoes the key must not leak it."""
         key = self.api.api_key.reveal()
         return text.replace(key, "********") if key else text
+
+
+@dataclass
+class _Post:
+    """One request shared by the caller and its worker thread."""
+
+    done: threading.Event = field(default_factory=threading.Event)
+    abandoned: threading.Event = field(default_factory=threading.Event)
+    result: PublishResult | None = None
+
+
+def _read_capped(response: httpx.Response, deadline: float, abandoned: threading.Event) -> bytes:
+    """At most ``MAX_BODY_BYTES`` of the raw (still encoded) body, stopping at the deadline.
+
+    Raw, so that nothing is inflated here. Whatever is left unread is not drained: leaving the
+    ``stream`` block closes the connection instead (a 50 MB body is never fetched).
+    """
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        for chunk in response.iter_raw():
+            chunks.append(chunk[: MAX_BODY_BYTES - size])
+            size += len(chunks[-1])
+            if size >= MAX_BODY_BYTES or abandoned.is_set() or time.monotonic() >= deadline:
+                break
+    except httpx.StreamConsumed:
+        # Only an in-memory transport (httpx.MockTransport) hands over a body already read.
+        return response.content[:MAX_BODY_BYTES]
+    return b"".join(chunks)
+
+
+def _detail_text(raw: bytes, encoding: str) -> str:
+    """The start of a response body as text, inflated (gzip/deflate) to a few KiB at most."""
+    coding = encoding.strip().lower()
+    if coding in ("gzip", "x-gzip", "deflate"):
+        wbits = 16 + zlib.MAX_WBITS if "gzip" in coding else zlib.MAX_WBITS
+        try:
+            # max_length bounds the output whatever the ratio (a gzip bomb inflates no further).
+            raw = zlib.decompressobj(wbits).decompress(raw, 4 * _DETAIL_LIMIT)
+        except zlib.error:
+            return ""
+    elif coding not in ("", "identity"):
+        return ""  # br, zstd ...: the status says enough
+    return raw[: 4 * _DETAIL_LIMIT].decode("utf-8", errors="replace")

@@ -3,16 +3,19 @@
 This is the only module that imports typer and rich. Station modules that pull in pymodbus or
 httpx are imported inside the commands that need them, so ``nixlog --help`` and ``nixlog db
 stats`` start fast on a Pi. ``NixlogError`` becomes ``Error: <message>`` and its exit code in
-exactly one place, ``_command``.
+exactly one place, ``_command``; usage errors (typer's own) and a closed stdout pipe are
+handled in one place too, ``_NixlogGroup.main``.
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import sys
 import traceback
-from collections.abc import Callable
+import typing
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -20,14 +23,83 @@ import typer
 from rich.console import Console, Group
 from rich.markup import escape
 from rich.table import Table
+from typer.core import TyperGroup
 
 from nixlog import __version__
 from nixlog.config import Config, load_config, resolve_config_path
-from nixlog.errors import EXIT_INTERRUPTED, NixlogError
+from nixlog.errors import EXIT_INTERRUPTED, EXIT_USAGE, NixlogError
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
+
+class _NixlogGroup(TyperGroup):
+    """The root command: usage errors in one line, and a closed stdout pipe is no error.
+
+    Typer's standalone mode prints usage errors as a multi-line box and turns EPIPE into exit
+    1. Running the group with ``standalone_mode=False`` hands both to us instead; CliRunner
+    calls this same ``main``, so tests see what a terminal sees.
+    """
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        windows_expand_args: bool = True,
+        **extra: Any,
+    ) -> Any:
+        try:
+            try:
+                result = super().main(
+                    args,
+                    prog_name,
+                    complete_var,
+                    standalone_mode=False,
+                    windows_expand_args=windows_expand_args,
+                    **extra,
+                )
+                # Flush here: a closed pipe must show now, not in Python's exit flush.
+                sys.stdout.flush()
+            except BrokenPipeError:
+                # `nixlog export | head -1`: the reader has all it wanted; exit 0 quietly.
+                _silence_stdout()
+                result = 0
+            except SystemExit as exc:
+                # Typer turns EPIPE into exit 1 even outside standalone mode, and its rich
+                # help pages exit 1 after pointing stdout at /dev/null: both are a reader
+                # that had enough, so a quiet success too. Any other exit passes unchanged.
+                if exc.code != 1 or not (
+                    isinstance(exc.__context__, BrokenPipeError) or _stdout_is_devnull()
+                ):
+                    raise
+                _silence_stdout()
+                result = 0
+        except typer.TyperException as exc:  # typer's click: UsageError, BadParameter...
+            result = _usage_error(exc)
+        except typer.Abort:
+            typer.echo("Aborted.", err=True)
+            result = 1
+        if not standalone_mode:
+            return result
+        sys.exit(result if isinstance(result, int) else 0)
+
+
+def _usage_error(exc: Any) -> int:
+    """Print a usage error as one ``Error:`` line; return its exit code (2)."""
+    if type(exc).__name__ == "NoArgsIsHelpError":
+        # `nixlog` or `nixlog db` alone: the help is the answer, as before.
+        typer.echo(exc.format_message(), err=True)
+        return int(getattr(exc, "exit_code", EXIT_USAGE))
+    message = " ".join(str(exc.format_message()).split())
+    ctx = getattr(exc, "ctx", None)
+    hint = f" (see: {ctx.command_path if ctx is not None else 'nixlog'} --help)"
+    typer.echo(f"Error: {message}{hint}", err=True)
+    return int(getattr(exc, "exit_code", EXIT_USAGE))
+
+
 app = typer.Typer(
+    cls=_NixlogGroup,
     name="nixlog",
     help="Industrial Modbus data logger: poll devices, buffer in SQLite, ship to an HTTP API.",
     no_args_is_help=True,
@@ -41,6 +113,13 @@ app.add_typer(db_app, name="db")
 app.add_typer(config_app, name="config")
 
 
+class _PipeConsole(Console):
+    """A rich console that reports a closed pipe like any other write (rich exits 1 itself)."""
+
+    def on_broken_pipe(self) -> None:
+        raise BrokenPipeError
+
+
 def _console(err: bool = False) -> Console:
     """A console on the current stdout/stderr (CliRunner swaps them per call).
 
@@ -49,7 +128,7 @@ def _console(err: bool = False) -> Console:
     """
     stream = sys.stderr if err else sys.stdout
     width = None if stream.isatty() else 200
-    return Console(file=stream, highlight=False, width=width)
+    return _PipeConsole(file=stream, highlight=False, width=width)
 
 
 class _State:
@@ -69,6 +148,9 @@ ConfigOption = Annotated[
     ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
+VerboseOption = Annotated[
+    bool, typer.Option("--verbose", "-v", help="Show debug logs and error details.")
+]
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -97,6 +179,9 @@ def _command(group: typer.Typer, name: str) -> Callable[[_F], _F]:
     def decorate(function: _F) -> _F:
         @functools.wraps(function)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if kwargs.pop("verbose", False) and not _state.verbose:
+                _state.verbose = True  # `nixlog poll -v` means what `nixlog -v poll` means
+                _setup_logging(True)
             try:
                 return function(*args, **kwargs)
             except NixlogError as exc:
@@ -104,11 +189,33 @@ def _command(group: typer.Typer, name: str) -> Callable[[_F], _F]:
             except KeyboardInterrupt:
                 typer.echo("Interrupted.", err=True)
                 raise typer.Exit(EXIT_INTERRUPTED) from None
+            except BrokenPipeError:
+                # `nixlog poll --json | head -1`: the reader closed the pipe; not an error.
+                _silence_stdout()
+                raise typer.Exit(0) from None
 
+        _add_verbose_option(wrapper, function)
         group.command(name)(wrapper)
         return function
 
     return decorate
+
+
+def _add_verbose_option(wrapper: Callable[..., Any], function: Callable[..., Any]) -> None:
+    """Give the command's signature a ``--verbose/-v`` option that the wrapper consumes."""
+    hints = typing.get_type_hints(function, include_extras=True)
+    signature = inspect.signature(function)
+    parameters = [
+        parameter.replace(annotation=hints.get(parameter.name, parameter.annotation))
+        for parameter in signature.parameters.values()
+    ]
+    parameters.append(
+        inspect.Parameter(
+            "verbose", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=VerboseOption
+        )
+    )
+    wrapper.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {**hints, "verbose": VerboseOption}
 
 
 def _load(config_path: Path | None) -> Config:
@@ -123,9 +230,7 @@ def _version_callback(value: bool) -> None:
 
 @app.callback()
 def _main(
-    verbose: Annotated[
-        bool, typer.Option("--verbose", "-v", help="Show debug logs and error details.")
-    ] = False,
+    verbose: VerboseOption = False,
     version: Annotated[
         bool,
         typer.Option(
@@ -265,11 +370,20 @@ def _open_poll_store(cfg: Config) -> Any:
     from nixlog import core, database
     from nixlog.hardware import resolve_device_id
 
-    device_id = resolve_device_id(cfg)
-    conn = database.open_db(cfg.database.path)
-    return core.BinWriter(
+    # One writer per database: a running daemon makes this exit 74 naming its PID.
+    lock = database.acquire_writer_lock(cfg.database.path)
+    try:
+        device_id = resolve_device_id(cfg)
+        conn = database.open_db(cfg.database.path)
+        database.start_writing(conn, lock)
+    except BaseException:
+        lock.release()
+        raise
+    store = core.BinWriter(
         conn, device_id, cfg.modbus.batch_size, cfg.database.flush_interval_sec
     )
+    store.writer_lock = lock  # type: ignore[attr-defined]
+    return store
 
 
 def _close_poll_store(store: Any, cfg: Config) -> None:
@@ -278,8 +392,10 @@ def _close_poll_store(store: Any, cfg: Config) -> None:
 
     try:
         store.close()
+        database.stop_writing(store.conn)
     finally:
         database.close(store.conn)
+        store.writer_lock.release()
     _console(err=True).print(
         f"Saved {store.stored} readings to {escape(str(cfg.database.path))}"
     )
@@ -312,9 +428,9 @@ def poll(
     max_cycles = 1 if once else count
     store: Any = None
     try:
-        poller.link.connect()  # unreachable port: exit 69 with the reason, before anything else
-        if save:
+        if save:  # a database in use by the daemon: exit 74 before the device is touched
             store = _open_poll_store(cfg)
+        poller.link.connect()  # unreachable port: exit 69 with the reason
         on_reading = store.add if store is not None else (lambda reading: None)
         stdout = _console()
         live_view = stdout.is_terminal and not json_output
@@ -430,11 +546,11 @@ def publish(
     device_id = resolve_device_id(cfg)
     # The station logs each failure for the daemon's journal; here the summary and the one
     # Error line say the same, so its log lines show only with --verbose.
+    conn = database.open_db(cfg.database.path)
     ship_log = logging.getLogger("nixlog.ship")
     ship_level = ship_log.level
     if not _state.verbose:
         ship_log.setLevel(logging.CRITICAL)
-    conn = database.open_db(cfg.database.path)
     try:
         epoch = database.get_epoch(conn)
         with ApiClient(api, device_id, epoch) as client:
@@ -531,7 +647,11 @@ def prune(
     from nixlog import core, database
 
     cfg = _load(config)
-    if not cfg.database.path.exists():
+    try:
+        missing = not cfg.database.path.exists()
+    except OSError:  # a name too long for the file system: open_db says so in one line
+        missing = False
+    if missing:
         return  # nothing stored yet, so nothing to prune; cron stays quiet
     conn = database.open_db(cfg.database.path, create=False)
     try:
@@ -559,12 +679,15 @@ def daemon(config: ConfigOption = None) -> None:
 # --------------------------------------------------------------------------- scan-registers
 
 
-def _scan_base_config(config: Path | None, port: str | None) -> Any:
-    """The config whose bus settings a scan starts from, or None to scan from options alone.
+def _scan_base_config(config: Path | None, port: str | None) -> tuple[Any, str | None]:
+    """The config whose bus settings a scan starts from (or None), and a note on which config
+    was used or passed over (None when there is no config anywhere).
 
-    An explicit ``--config`` or ``$NIXLOG_CONFIG`` must load. A config merely found in the
-    default places is skipped with a note when ``--port`` is given and it does not load: a
-    technician drafting a config must not be stopped by the half-written one in the directory.
+    An explicit ``--config`` or ``$NIXLOG_CONFIG`` must load, and its line settings are used
+    (``--port`` and the other options override them). Without one, ``--port`` means "scan
+    from the options and the scan defaults": the config an installed gateway keeps in
+    ./config.toml or /etc/nixlog is for another purpose and is not silently mixed in. Only
+    without ``--port`` is a config found in the default places used, for its port.
     """
     import os
 
@@ -572,20 +695,26 @@ def _scan_base_config(config: Path | None, port: str | None) -> Any:
     from nixlog.errors import ConfigError
 
     if config is not None or os.environ.get(ENV_CONFIG):
-        return _load(config).modbus
+        cfg = _load(config)
+        return cfg.modbus, f"settings from {cfg.path}"
     try:
         path = resolve_config_path(None)
     except ConfigError:
-        return None
-    try:
-        return load_config(path).modbus
-    except ConfigError as exc:
-        if port is None:
-            raise
-        _console(err=True).print(
-            f"Note: not using {escape(str(path))}: {escape(exc.message)}", soft_wrap=True
+        return None, None
+    if port is not None:
+        return None, (
+            f"settings from options and scan defaults; {path} not used (pass -c {path} to use "
+            "its line settings)"
         )
-        return None
+    return load_config(path).modbus, f"settings from {path}"
+
+
+def _describe_scan_bus(modbus: Any) -> str:
+    """``/dev/ttyUSB0 at 9600 8N1, 0.3 s timeout`` (the line settings only for serial)."""
+    line = "" if modbus.is_tcp else (
+        f" at {modbus.baudrate} {modbus.bytesize}{modbus.parity}{modbus.stopbits}"
+    )
+    return f"{modbus.port}{line}, {modbus.timeout_sec:g} s timeout"
 
 
 def _scan_cell(pair: list[Any], order: str, chosen: Any) -> str:
@@ -745,14 +874,21 @@ def scan_registers(
     from nixlog.errors import DeviceError
     from nixlog.modbus_client import create_client
 
-    # Bad options are usage errors (exit 2) before any config is read or port opened.
+    # Bad options are usage errors (exit 2) before any config is read or port opened; an
+    # unwritable --output too, so that a long sweep is never thrown away at the end.
     unit_ids = scanner.parse_units(units)
     kinds = scanner.parse_kinds(kind)
-    base = _scan_base_config(config, port)
+    if output is not None:
+        _check_output(output)
+    base, source = _scan_base_config(config, port)
     modbus = scanner.bus_settings(
         base, port=port, baudrate=baudrate, parity=parity, stopbits=stopbits, timeout=timeout
     )
     stderr = _console(err=True)
+    if source is not None:
+        stderr.print(
+            f"Scanning {escape(_describe_scan_bus(modbus))} ({escape(source)})", soft_wrap=True
+        )
     link = create_client(modbus)
     progress = Progress(
         TextColumn("{task.description}"),
@@ -821,9 +957,11 @@ def export(
     from nixlog import database
     from nixlog.export import export_csv, parse_when
 
-    # Bad --since/--until is a usage error (exit 2) even before the config is read.
+    # Bad --since/--until/--output is a usage error (exit 2) even before the config is read.
     since_at = parse_when(since, option="--since") if since is not None else None
     until_at = parse_when(until, option="--until") if until is not None else None
+    if output is not None:
+        _check_output(output)
     cfg = _load(config)
     names = [register.name for register in cfg.modbus.registers]
     conn = database.open_db(cfg.database.path, create=False)
@@ -841,6 +979,39 @@ def export(
         _export_to_file(conn, output, names, since_at, until_at, unsent, span)
     finally:
         database.close(conn)
+
+
+def _check_output(output: Path, option: str = "--output") -> None:
+    """Refuse an output path that cannot be written, before any work is done (exit 2)."""
+    import os
+
+    from nixlog.errors import UsageError
+
+    text = str(output)
+    if "\0" in text:
+        raise UsageError(f"{option}: a path cannot contain a NUL character")
+    try:
+        if output.is_dir():
+            raise UsageError(f"{option}: {output} is a directory; give a file name")
+        directory = output.parent
+        if not directory.is_dir():
+            raise UsageError(f"{option}: cannot write {output}: no directory {directory}")
+        if not os.access(directory, os.W_OK | os.X_OK):
+            raise UsageError(f"{option}: cannot write {output}: {directory} is not writable")
+        if output.exists() and not os.access(output, os.W_OK):
+            raise UsageError(f"{option}: cannot write {output}: the file is read-only")
+    except OSError as exc:  # a name too long for the file system
+        raise UsageError(f"{option}: cannot write {output}: {exc.strerror}") from None
+
+
+def _stdout_is_devnull() -> bool:
+    import contextlib
+    import io
+    import os
+
+    with contextlib.suppress(OSError, ValueError, io.UnsupportedOperation):
+        return os.path.samestat(os.fstat(sys.stdout.fileno()), os.stat(os.devnull))
+    return False
 
 
 def _silence_stdout() -> None:
@@ -867,6 +1038,7 @@ def _export_to_file(
     """Write to ``output.part`` and rename at the end: no half file under the real name."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from nixlog import database
     from nixlog.errors import UsageError
     from nixlog.export import export_csv
 
@@ -882,7 +1054,11 @@ def _export_to_file(
         transient=True,
     )
     try:
-        handle = partial.open("w", encoding="utf-8", newline="")
+        partial.unlink(missing_ok=True)  # a leftover from an interrupted run
+        # 0640 whatever the umask: an export holds the same readings as the database.
+        handle = open(  # noqa: SIM115  (closed by the with below)
+            database.create_private_file(partial), "w", encoding="utf-8", newline=""
+        )
     except OSError as exc:
         raise UsageError(f"--output: cannot write {output}: {exc.strerror}") from None
     try:
@@ -931,6 +1107,7 @@ def _render_db_stats(stats: Any) -> None:
             f"{stats.pruned_unsent} unsent",
         ),
         ("epoch", stats.epoch),
+        ("lost unwritten (disk full at stop)", str(stats.lost_unwritten)),
     ]
     for name, value in rows:
         table.add_row(name, escape(value))
@@ -1060,5 +1237,5 @@ def demo(
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point (usage errors and closed pipes: see ``_NixlogGroup``)."""
     app()

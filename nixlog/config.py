@@ -8,13 +8,14 @@ a typo never silently falls back to a default.
 from __future__ import annotations
 
 import difflib
+import errno
 import logging
 import math
 import os
 import re
 import stat
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final, TypeVar
@@ -59,8 +60,18 @@ REGISTERS_PER_TYPE: Final[Mapping[str, int]] = {
 PARITIES: Final = ("N", "E", "O")
 MAX_REGISTERS_PER_REQUEST: Final = 125  # Modbus limit for function codes 3 and 4
 MAX_STRING_REGISTERS: Final = 125
-_NAME_RE: Final = re.compile(r"^[A-Za-z0-9_.-]+$")
+# A letter first: a name like "-2-3" or "=SUM(A1)" would read as a formula in a spreadsheet.
+_NAME_RE: Final = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]*$")
 _DEVICE_ID_RE: Final = re.compile(r"^[A-Za-z0-9_.:-]+$")
+# "192.168.1.50:502" or "plc.local:502": a TCP address written without its "tcp://".
+_BARE_HOST_PORT_RE: Final = re.compile(r"^\[?[A-Za-z0-9.:-]*[A-Za-z0-9\]]:\d{1,5}$")
+MAX_CONFIG_BYTES: Final = 8 * 1024 * 1024
+"""A 10,000-register map is about 1 MB; anything far larger is not a config."""
+MAX_KEY_FILE_BYTES: Final = 64 * 1024
+MAX_PATH_CHARS: Final = 4096  # PATH_MAX on Linux
+MAX_NESTING: Final = 16
+"""Deepest table/array nesting a config may have (a real one has 3)."""
+_LOOPBACK_HOSTS: Final = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
 class Secret:
@@ -198,14 +209,33 @@ class Config:
 
 def parse_tcp_address(port: str) -> tuple[str, int]:
     """Split ``tcp://host[:port]`` into host and port; raise ``ValueError`` when malformed."""
-    parts = urlsplit(port)
+    try:
+        parts = urlsplit(port)
+    except ValueError:  # "tcp://[::1" (an unclosed IPv6 bracket)
+        raise ValueError(f'expected "tcp://host:port", got "{shorten(port, 80)}"') from None
     if parts.scheme != "tcp" or not parts.hostname or parts.path not in ("", "/"):
-        raise ValueError(f'expected "tcp://host:port" or a serial device path, got "{port}"')
+        raise ValueError(
+            f'expected "tcp://host:port" or a serial device path, got "{shorten(port, 80)}"'
+        )
     try:
         tcp_port = parts.port or 502
     except ValueError as exc:  # port out of range or not a number
         raise ValueError(f'bad TCP port in "{port}"') from exc
     return parts.hostname, tcp_port
+
+
+def check_port(port: str) -> None:
+    """Raise ``ValueError`` (one line) for a ``port`` that is neither tcp:// nor a serial path."""
+    if not port.strip():
+        raise ValueError("must not be empty")
+    if "\0" in port or len(port) > MAX_PATH_CHARS:
+        raise ValueError("not a serial device path nor a tcp:// address")
+    if "://" in port:
+        parse_tcp_address(port)
+    elif _BARE_HOST_PORT_RE.match(port) and not port.startswith("/"):
+        raise ValueError(
+            f'"{port}" looks like a TCP address, not a serial device: write "tcp://{port}"'
+        )
 
 
 def resolve_config_path(option: Path | None, env: Mapping[str, str] | None = None) -> Path:
@@ -235,20 +265,89 @@ def load_config(path: Path, env: Mapping[str, str] | None = None) -> Config:
     """
     env = os.environ if env is None else env
     try:
-        raw_bytes = path.read_bytes()
+        raw_bytes = read_small_file(path, MAX_CONFIG_BYTES)
     except FileNotFoundError:
-        raise ConfigError(f"{path}: file not found") from None
+        raise ConfigError(f"{shorten(path)}: file not found") from None
     except IsADirectoryError:
-        raise ConfigError(f"{path}: is a directory, expected a TOML file") from None
+        raise ConfigError(f"{shorten(path)}: is a directory, expected a TOML file") from None
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+        raise ConfigError(f"{shorten(path)}: cannot read: {exc.strerror}") from None
+    except ValueError as exc:
+        raise ConfigError(f"{shorten(path)}: cannot read: {exc}") from None
     try:
         document = tomllib.loads(raw_bytes.decode("utf-8"))
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: {_describe_toml_error(exc)}") from None
+    except RecursionError:
+        # tomllib parses nested arrays and inline tables recursively.
+        raise ConfigError(
+            f"{path}: invalid TOML: arrays or tables nested too deeply "
+            f"(at most {MAX_NESTING} levels)"
+        ) from None
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits
+        reason = _first_line(str(exc)).split(";")[0]  # drop Python's advice on sys settings
+        raise ConfigError(f"{path}: invalid TOML: {reason}") from None
+    _check_nesting(path, document)
     return _build_config(path, document, env)
+
+
+def read_small_file(path: Path, limit: int) -> bytes:
+    """Read a regular file of at most ``limit`` bytes.
+
+    Refuses devices, FIFOs and directories without blocking on them (``/dev/zero`` would
+    never end, a FIFO would wait for a writer). Raises ``OSError`` (``IsADirectoryError`` for
+    a directory) or ``ValueError`` with a one-line reason.
+    """
+    # O_NONBLOCK: opening a FIFO must not wait for a writer; it changes nothing for files.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR))
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError("not a regular file")
+        chunks: list[bytes] = []
+        size = 0
+        while size <= limit:
+            chunk = os.read(fd, min(1 << 20, limit + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    finally:
+        os.close(fd)
+    if size > limit:
+        raise ValueError(f"larger than {limit} bytes")
+    return b"".join(chunks)
+
+
+def shorten(path: Path | str, keep: int = 120) -> str:
+    """A path for an error line: very long ones keep their start and end."""
+    text = str(path)
+    if len(text) <= keep:
+        return text
+    return f"{text[: keep // 2]}…{text[-keep // 2 :]} ({len(text)} characters)"
+
+
+def _first_line(text: str) -> str:
+    return text.splitlines()[0] if text else text
+
+
+def _check_nesting(path: Path, document: dict[str, Any]) -> None:
+    """Refuse documents nested deeper than ``MAX_NESTING`` (walked without recursion)."""
+    stack: list[tuple[object, int]] = [(document, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_NESTING:
+            raise ConfigError(
+                f"{path}: arrays or tables nested too deeply (at most {MAX_NESTING} levels)"
+            )
+        if isinstance(value, dict):
+            stack.extend((item, depth + 1) for item in value.values())
+        elif isinstance(value, list):
+            stack.extend((item, depth + 1) for item in value)
 
 
 def _describe_toml_error(exc: tomllib.TOMLDecodeError) -> str:
@@ -267,13 +366,22 @@ def _describe_toml_error(exc: tomllib.TOMLDecodeError) -> str:
 _REQUIRED: Final = object()
 
 
+def _show_number(value: float) -> str:
+    """A number for an error line; a 400-digit integer is shown by its size, not spelled out."""
+    if isinstance(value, int) and abs(value) >= 10**20:
+        return f"{'-' if value < 0 else ''}an integer of {len(str(abs(value)))} digits"
+    return str(value)
+
+
 def _type_name(value: object) -> str:
     names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
     for kind, name in names.items():
         if type(value) is kind:
             if isinstance(value, bool):
                 return f"{name} ({str(value).lower()})"
-            return f'{name} ("{value}")' if isinstance(value, str) else f"{name} ({value})"
+            if isinstance(value, str):
+                return f'{name} ("{shorten(value, 80)}")'
+            return f"{name} ({_show_number(value)})"  # type: ignore[arg-type]
     if isinstance(value, list):
         return "an array"
     if isinstance(value, dict):
@@ -296,7 +404,7 @@ class _Table:
         return f"{self.key_path}.{name}" if self.key_path else name
 
     def error_at(self, key_path: str, message: str) -> ConfigError:
-        return ConfigError(f"{self.file}: {key_path}: {message}")
+        return ConfigError(f"{self.file}: {shorten(key_path, 200)}: {message}")
 
     def error(self, name: str, message: str) -> ConfigError:
         return self.error_at(self.key(name), message)
@@ -316,7 +424,9 @@ class _Table:
             raise self.error(name, f"expected a string, got {_type_name(value)}")
         if choices and value not in choices:
             expected = ", ".join(choices)
-            raise self.error(name, f'unknown {name} "{value}" (expected one of {expected})')
+            raise self.error(
+                name, f'unknown {name} "{shorten(value, 80)}" (expected one of {expected})'
+            )
         return value
 
     def integer(
@@ -347,12 +457,38 @@ class _Table:
             return value
         if type(value) not in (int, float):
             raise self.error(name, f"expected a number, got {_type_name(value)}")
-        if not math.isfinite(value):
-            raise self.error(name, f"must be a finite number, got {value}")
+        try:
+            finite = math.isfinite(value)
+        except OverflowError:  # an integer beyond the float range (about 1.8e308)
+            finite = False
+        if not finite:
+            raise self.error(name, f"must be a finite number, got {_show_number(value)}")
         if positive and value <= 0:
-            raise self.error(name, f"must be > 0, got {value}")
+            raise self.error(name, f"must be > 0, got {_show_number(value)}")
         self._check_range(name, value, minimum, maximum)
         return float(value)
+
+    def path(self, name: str, default: Any = _REQUIRED) -> Any:
+        """A file path: a string without NUL, of sane length, ``~`` expanded.
+
+        Relative paths are returned as they are; the caller decides what they are relative to.
+        """
+        text = self.string(name, default)
+        if text is default:
+            return text
+        if not text:
+            raise self.error(name, "must not be empty")
+        if "\0" in text:
+            raise self.error(name, "must not contain a NUL character")
+        if len(text) > MAX_PATH_CHARS:
+            raise self.error(
+                name, f"path too long ({len(text)} characters, at most {MAX_PATH_CHARS})"
+            )
+        try:
+            return Path(text).expanduser()
+        except RuntimeError:  # "~nosuchuser/...": no such user, or no home directory
+            user = text[1:].split("/", 1)[0] or "the current user"
+            raise self.error(name, f'cannot expand "~": no home directory for {user}') from None
 
     def boolean(self, name: str, default: Any = _REQUIRED) -> Any:
         value = self._get(name, default)
@@ -373,12 +509,13 @@ class _Table:
     def _check_range(
         self, name: str, value: float, minimum: float | None, maximum: float | None
     ) -> None:
+        shown = _show_number(value)
         if minimum is not None and maximum is not None and not minimum <= value <= maximum:
-            raise self.error(name, f"must be between {minimum} and {maximum}, got {value}")
+            raise self.error(name, f"must be between {minimum} and {maximum}, got {shown}")
         if minimum is not None and value < minimum:
-            raise self.error(name, f"must be >= {minimum}, got {value}")
+            raise self.error(name, f"must be >= {minimum}, got {shown}")
         if maximum is not None and value > maximum:
-            raise self.error(name, f"must be <= {maximum}, got {value}")
+            raise self.error(name, f"must be <= {maximum}, got {shown}")
 
     def finish(self) -> None:
         """Refuse keys nobody asked for: they are typos or options this version lacks."""
@@ -447,11 +584,9 @@ def _build_device(table: _Table) -> DeviceConfig:
 
 
 def _build_database(table: _Table) -> DatabaseConfig:
-    path = table.string("path", str(DatabaseConfig.path))
-    if not path:
-        raise table.error("path", "must not be empty")
+    path = table.path("path", DatabaseConfig.path)
     result = DatabaseConfig(
-        path=Path(path).expanduser(),
+        path=path,
         storage_limit_gb=table.number("storage_limit_gb", 1.0, minimum=0),
         max_db_mb=table.number("max_db_mb", None, positive=True),
         flush_interval_sec=table.number("flush_interval_sec", 10.0, positive=True),
@@ -462,13 +597,10 @@ def _build_database(table: _Table) -> DatabaseConfig:
 
 def _build_modbus(table: _Table) -> ModbusConfig:
     port = table.string("port")
-    if port.startswith("tcp://") or "://" in port:
-        try:
-            parse_tcp_address(port)
-        except ValueError as exc:
-            raise table.error("port", str(exc)) from None
-    elif not port:
-        raise table.error("port", "must not be empty")
+    try:
+        check_port(port)
+    except ValueError as exc:
+        raise table.error("port", str(exc)) from None
     unit_id = table.integer("unit_id", 1, minimum=0, maximum=255)
     max_per_request = table.integer(
         "max_registers_per_request",
@@ -522,17 +654,50 @@ def _build_registers(modbus: _Table, default_unit: int) -> tuple[RegisterConfig,
                 f"(already used by modbus.registers_to_read[{seen[register.name]}])",
             )
         seen[register.name] = index
-        for other_index, other in enumerate(registers):
-            if _overlaps(register, other):
-                raise table.error(
-                    "address",
-                    f"{register.kind} {register.address}-{register.end - 1} of unit "
-                    f'{register.unit_id} overlaps "{other.name}" '
-                    f"(modbus.registers_to_read[{other_index}], "
-                    f"{other.kind} {other.address}-{other.end - 1})",
-                )
         registers.append(register)
+    _check_overlaps(modbus, registers)
     return tuple(registers)
+
+
+def _check_overlaps(modbus: _Table, registers: Sequence[RegisterConfig]) -> None:
+    """Refuse two values claiming the same addresses, in O(n log n).
+
+    Sorted by (unit, kind, address), a value can only overlap values that start before it
+    ends; within one unit and kind the scan keeps the earlier values that still reach past
+    the current start (usually none or one, at most 125 for strings), so a 10,000-register
+    map is checked in milliseconds. The error names the later entry (in file order) and the
+    earlier one, as a pairwise check would.
+    """
+    order = sorted(
+        range(len(registers)),
+        key=lambda i: (registers[i].unit_id, registers[i].kind, registers[i].address, i),
+    )
+    active: list[int] = []
+    group: tuple[int, str] | None = None
+    for index in order:
+        register = registers[index]
+        if (register.unit_id, register.kind) != group:
+            group = (register.unit_id, register.kind)
+            active = []
+        active = [i for i in active if registers[i].end > register.address]
+        clashes = [i for i in active if _overlaps(register, registers[i])]
+        if clashes:
+            first = min(clashes)
+            later, earlier = (index, first) if index > first else (first, index)
+            _raise_overlap(modbus, later, registers[later], earlier, registers[earlier])
+        active.append(index)
+
+
+def _raise_overlap(
+    modbus: _Table, index: int, register: RegisterConfig, other_index: int, other: RegisterConfig
+) -> None:
+    raise modbus.error_at(
+        f"modbus.registers_to_read[{index}].address",
+        f"{register.kind} {register.address}-{register.end - 1} of unit "
+        f'{register.unit_id} overlaps "{other.name}" '
+        f"(modbus.registers_to_read[{other_index}], "
+        f"{other.kind} {other.address}-{other.end - 1})",
+    )
 
 
 def _overlaps(a: RegisterConfig, b: RegisterConfig) -> bool:
@@ -553,7 +718,11 @@ def _overlaps(a: RegisterConfig, b: RegisterConfig) -> bool:
 def _build_register(table: _Table, default_unit: int) -> RegisterConfig:
     name = table.string("name")
     if not _NAME_RE.match(name):
-        raise table.error("name", f'must be letters, digits and "_.-" only, got "{name}"')
+        raise table.error(
+            "name",
+            'must start with a letter, then letters, digits and "_.-" only, '
+            f'got "{shorten(name, 80)}"',
+        )
     address = table.integer("address", minimum=0, maximum=65535)
     kind = table.string("kind", "holding", choices=REGISTER_KINDS)
     is_bit_kind = kind in BIT_KINDS
@@ -607,21 +776,37 @@ def _build_register(table: _Table, default_unit: int) -> RegisterConfig:
 
 def _build_api(table: _Table, env: Mapping[str, str]) -> ApiConfig:
     endpoint = table.string("endpoint")
-    parts = urlsplit(endpoint)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise table.error("endpoint", f'expected an http:// or https:// URL, got "{endpoint}"')
+    bad_url = table.error(
+        "endpoint", f'expected an http:// or https:// URL, got "{shorten(endpoint, 80)}"'
+    )
+    try:
+        parts = urlsplit(endpoint)
+        hostname = parts.hostname
+        parts.port  # noqa: B018  (raises ValueError for a port out of range or not a number)
+    except ValueError:  # "http://[::1/v1": an unclosed IPv6 bracket
+        raise bad_url from None
+    if parts.scheme not in ("http", "https") or not hostname or any(
+        ch.isspace() or ord(ch) < 32 for ch in endpoint
+    ):
+        raise bad_url
+    if parts.scheme == "http" and hostname not in _LOOPBACK_HOSTS and not hostname.startswith(
+        "127."
+    ):
+        _warn_clear_text(table.file, endpoint)
     api_key = _resolve_api_key(table, env)
     header = table.string("api_key_header", "Authorization")
     if not re.match(r"^[A-Za-z0-9-]+$", header):
         raise table.error("api_key_header", f'not a valid HTTP header name: "{header}"')
-    ca_file_text = table.string("ca_file", None)
-    ca_file = None
-    if ca_file_text is not None:
-        ca_file = Path(ca_file_text).expanduser()
+    ca_file = table.path("ca_file", None)
+    if ca_file is not None:
         if not ca_file.is_absolute():
             ca_file = table.file.parent / ca_file
-        if not ca_file.is_file():
-            raise table.error("ca_file", f"file not found: {ca_file}")
+        try:
+            found = ca_file.is_file()
+        except OSError:  # a name longer than the file system allows
+            found = False
+        if not found:
+            raise table.error("ca_file", f"file not found: {shorten(ca_file)}")
     result = ApiConfig(
         endpoint=endpoint,
         api_key=api_key,
@@ -636,28 +821,60 @@ def _build_api(table: _Table, env: Mapping[str, str]) -> ApiConfig:
     return result
 
 
+_warned_clear_text: set[str] = set()
+
+
+def _warn_clear_text(file: Path, endpoint: str) -> None:
+    """Warn once per process and endpoint: over plain http:// the key can be read on the way."""
+    if endpoint in _warned_clear_text:
+        return
+    _warned_clear_text.add(endpoint)
+    log.warning(
+        "%s: api.endpoint %s is plain http://: the API key and the readings travel in clear "
+        "text; use https:// unless the network path is trusted",
+        file,
+        endpoint,
+    )
+
+
+def _check_key_text(table: _Table, name: str, key: str, source: str) -> None:
+    """A key travels in an HTTP header: one line of printable ASCII. The key is never shown."""
+    if not all(" " <= ch <= "~" for ch in key):
+        raise table.error(
+            name,
+            f"{source} must hold the key as one line of printable ASCII "
+            "(it is sent in an HTTP header); it holds another character",
+        )
+
+
 def _resolve_api_key(table: _Table, env: Mapping[str, str]) -> Secret:
     """The key comes from ``api_key``, else ``api_key_file``, else ``$NIXLOG_API_KEY``."""
     if table.has("api_key") and table.has("api_key_file"):
         raise table.error("api_key_file", "give either api_key or api_key_file, not both")
     inline = table.string("api_key", None)
-    key_file = table.string("api_key_file", None)
+    key_file = table.path("api_key_file", None)
     if inline is not None:
         if not inline.strip():
             raise table.error("api_key", "must not be empty")
+        _check_key_text(table, "api_key", inline.strip(), "api.api_key")
         return Secret(inline.strip())
     if key_file is not None:
-        key_path = Path(key_file).expanduser()
-        if not key_path.is_absolute():
-            key_path = table.file.parent / key_path
+        key_path = key_file if key_file.is_absolute() else table.file.parent / key_file
+        shown = shorten(key_path)
         try:
-            text = key_path.read_text(encoding="utf-8").strip()
+            text = read_small_file(key_path, MAX_KEY_FILE_BYTES).decode("utf-8").strip()
         except OSError as exc:
-            raise table.error("api_key_file", f"cannot read {key_path}: {exc.strerror}") from None
+            raise table.error("api_key_file", f"cannot read {shown}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise table.error("api_key_file", f"{shown} is not UTF-8 text") from None
+        except ValueError as exc:
+            raise table.error("api_key_file", f"cannot read {shown}: {exc}") from None
         if not text:
-            raise table.error("api_key_file", f"{key_path} is empty")
+            raise table.error("api_key_file", f"{shown} is empty")
+        _check_key_text(table, "api_key_file", text, shown)
         return Secret(text)
     from_env = env.get(ENV_API_KEY, "").strip()
     if from_env:
+        _check_key_text(table, "api_key", from_env, f"${ENV_API_KEY}")
         return Secret(from_env)
     raise table.error("api_key", f"missing: set api.api_key, api.api_key_file or ${ENV_API_KEY}")

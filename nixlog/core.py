@@ -706,6 +706,8 @@ class Backoff:
     def failure(self, retry_after: float | None = None) -> float:
         """Record a failure; return the delay chosen and move ``next_attempt_at``."""
         self.failures += 1
+        if retry_after is not None and not math.isfinite(retry_after):
+            retry_after = None
         # The exponent is bounded so that years of outage cannot overflow a float.
         ceiling = min(self.cap, self.base * 2.0 ** min(self.failures - 1, 64))
         delay = ceiling / 2 + self.rand() * ceiling / 2
@@ -785,7 +787,7 @@ def publish_pending(
             break
         summary.batches += 1
         settled = _Settled()
-        complete = _ship_rows(api_client, rows, settled, summary)
+        complete = _ship_batch(api_client, rows, settled, summary)
         # Rejected first, then sent: storage may keep "sent" as a high-water mark, and the
         # bisection settles readings strictly in id order, so what is settled is a prefix.
         if settled.rejected:
@@ -811,32 +813,123 @@ def publish_pending(
 class _Settled:
     delivered: list[int] = field(default_factory=list)
     rejected: list[int] = field(default_factory=list)
+    # Readings refused alone before any sibling was accepted: rejected only once one is.
+    refused_alone: list[int] = field(default_factory=list)
+
+
+def _ship_batch(
+    client: Shipper, rows: Sequence[StoredReading], settled: _Settled, summary: PublishSummary
+) -> bool:
+    """Send one batch; on refusal find the readings to reject; False: stop for now.
+
+    Refusals are judged by what succeeded: a reading is rejected only when a sibling of the
+    same batch (or an earlier batch of the same call) was accepted. An API that refuses
+    everything (400 for all, 413 even for one reading) is an endpoint problem: nothing is
+    rejected, the rows stay, we back off. To tell the two apart cheaply, a refused batch is
+    first probed with its last reading alone, then its first: bad readings come in runs (a
+    sensor fault lasts), so a batch whose both ends are refused alone is taken for "the API
+    refuses everything" after 3 requests, not 2N-1. The price: a batch that really is bad at
+    both ends is kept and retried (never written off) until the endpoint or the data is
+    fixed; the log says "check api.endpoint".
+    """
+    result = _post(client, rows, summary)
+    if summary.delivered:
+        # An earlier batch of this call was accepted: the endpoint works, no probe needed.
+        complete = _ship_rows(client, rows, settled, summary, accepted=True, result=result)
+        return _judge(complete, result, settled, summary)
+    if result.kind == "refused" and len(rows) > 1:
+        refused: list[StoredReading] = []
+        for probe in (rows[-1], rows[0]):
+            answer = _post(client, [probe], summary)
+            if answer.kind == "delivered":
+                settled.delivered.append(probe.id)
+                for row in refused:
+                    _reject(row.id, answer, settled)
+                skip = {probe.id, *(row.id for row in refused)}
+                rest = [row for row in rows if row.id not in skip]
+                complete = not rest or _ship_rows(client, rest, settled, summary, accepted=True)
+                return _judge(complete, result, settled, summary)
+            if answer.kind not in ("refused", "too_large"):
+                summary.failure = answer
+                return False
+            refused.append(probe)
+        summary.failure = _refused_everything(result)
+        return False
+    complete = _ship_rows(client, rows, settled, summary, accepted=False, result=result)
+    return _judge(complete, result, settled, summary)
+
+
+def _post(client: Shipper, rows: Sequence[StoredReading], summary: PublishSummary) -> PublishResult:
+    summary.requests += 1
+    return client.publish_data(rows)
+
+
+def _reject(rid: int, result: PublishResult, settled: _Settled) -> None:
+    # A reading the API refuses while it accepts its siblings can never be delivered: keep
+    # it for export, never resend it, never let it block the queue.
+    ship_log.warning(
+        "the API refused reading %d (%s); marked rejected, kept for export", rid, result.detail
+    )
+    settled.rejected.append(rid)
+
+
+def _refused_everything(result: PublishResult) -> PublishResult:
+    from nixlog.api_client import PublishResult
+
+    return PublishResult(
+        "endpoint",
+        status=result.status,
+        detail=f"{result.detail}; the API accepted none of the readings of the batch",
+    )
+
+
+def _judge(
+    complete: bool, result: PublishResult, settled: _Settled, summary: PublishSummary
+) -> bool:
+    """Settle the readings refused alone: rejected if a sibling was accepted, else kept."""
+    if not settled.refused_alone:
+        return complete
+    if settled.delivered:
+        for rid in settled.refused_alone:
+            _reject(rid, result, settled)
+        settled.refused_alone.clear()
+        return complete
+    settled.refused_alone.clear()
+    if summary.failure is None:
+        summary.failure = _refused_everything(result)
+    return False
 
 
 def _ship_rows(
-    client: Shipper, rows: Sequence[StoredReading], settled: _Settled, summary: PublishSummary
+    client: Shipper,
+    rows: Sequence[StoredReading],
+    settled: _Settled,
+    summary: PublishSummary,
+    *,
+    accepted: bool,
+    result: PublishResult | None = None,
 ) -> bool:
-    """Send ``rows``, bisecting on 4xx/413; False when a failure means: stop for now."""
-    result = client.publish_data(rows)
-    summary.requests += 1
+    """Send ``rows`` (or judge ``result``), bisecting on 4xx/413; False: stop for now."""
+    if result is None:
+        result = _post(client, rows, summary)
     if result.kind == "delivered":
         settled.delivered.extend(row.id for row in rows)
         return True
+    if result.kind == "too_large" and len(rows) == 1:
+        # One reading is a few hundred bytes: a server too small for it is misconfigured.
+        summary.failure = _refused_everything(result)
+        return False
+    if result.kind == "refused" and len(rows) == 1:
+        if accepted or settled.delivered:
+            _reject(rows[0].id, result, settled)
+        else:
+            settled.refused_alone.append(rows[0].id)
+        return True
     if result.kind in ("refused", "too_large"):
-        if len(rows) == 1:
-            # A single reading the API refuses (or that alone is too large) can never be
-            # delivered: keep it for export, never resend it, never let it block the queue.
-            ship_log.warning(
-                "the API refused reading %d (%s); marked rejected, kept for export",
-                rows[0].id,
-                result.detail,
-            )
-            settled.rejected.append(rows[0].id)
-            return True
         middle = len(rows) // 2
-        return _ship_rows(client, rows[:middle], settled, summary) and _ship_rows(
-            client, rows[middle:], settled, summary
-        )
+        return _ship_rows(
+            client, rows[:middle], settled, summary, accepted=accepted
+        ) and _ship_rows(client, rows[middle:], settled, summary, accepted=accepted)
     summary.failure = result
     return False
 
@@ -846,6 +939,10 @@ def _after_publish(summary: PublishSummary, backoff: Backoff | None) -> None:
     failure = summary.failure
     if backoff is not None:
         if failure is not None:
+            if summary.delivered:
+                # Any delivered batch proves the API works: the next wait starts from base,
+                # or a steady rate of random failures would push it to the cap.
+                backoff.success()
             backoff.failure(failure.retry_after)
             summary.retry_at = backoff.next_attempt_at
         elif summary.requests:

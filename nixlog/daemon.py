@@ -26,7 +26,7 @@ from typing import Any
 
 from nixlog import core, database
 from nixlog.config import Config
-from nixlog.errors import EXIT_INTERRUPTED, NixlogError
+from nixlog.errors import EXIT_DATABASE, EXIT_INTERRUPTED, NixlogError
 from nixlog.hardware import resolve_device_id
 from nixlog.model import Reading, Value
 from nixlog.systemd import Notifier
@@ -44,6 +44,11 @@ LOOP_RESTART_SEC = 1.0
 """Pause before a loop that raised is started again (a bug must not become a busy loop)."""
 STALL_DEFAULT_SEC = 60.0
 """Without a systemd watchdog, a loop silent this long is reported as stalled."""
+STOP_JOIN_SEC = 3.0
+"""After SIGTERM the loops get this long to end by themselves; then the main thread writes
+what the poll thread's bin holds (that thread may be stuck in a device read) and leaves."""
+STOP_DB_BUSY_MS = 500
+"""The last writes at stop wait at most this long for a lock: the stop is a deadline."""
 
 
 @dataclass
@@ -115,17 +120,34 @@ class Daemon:
         self._threads: list[threading.Thread] = []
         self._started_at = clock()
         self.device_id = ""
+        self.writer_lock: database.WriterLock | None = None
+        # Guards the poll thread's bin: at a stop the main thread may write it instead.
+        self._bin_lock = threading.Lock()
+        self._writer: core.BinWriter | None = None
+        self._bin_taken = False
+        self.lost = 0
 
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
-        """Resolve the identity, check the database, start both loops."""
-        self.device_id = resolve_device_id(self.config)
-        conn = database.open_db(self.config.database.path)
+        """Take the one-writer lock, resolve the identity, check the database, start both loops.
+
+        A second writer on the same database fails here (``DatabaseError``, exit 74), before
+        the device is touched.
+        """
+        self.writer_lock = database.acquire_writer_lock(self.config.database.path)
         try:
-            backlog = database.count_unsent(conn)
-        finally:
-            database.close(conn)
+            self.device_id = resolve_device_id(self.config)
+            conn = database.open_db(self.config.database.path)
+            try:
+                database.start_writing(conn, self.writer_lock)
+                backlog = database.count_unsent(conn)
+            finally:
+                database.close(conn)
+        except BaseException:
+            self.writer_lock.release()
+            self.writer_lock = None
+            raise
         with self._lock:
             self._status.backlog = backlog
         if self.config.api is None:
@@ -152,26 +174,76 @@ class Daemon:
         """Ask both loops to stop (signal-handler safe: it only sets events)."""
         self.stop_event.set()
         self._wake.set()
+        self.first_cycle.set()  # ends the wait for READY: a stop must not wait for a read
 
     def join(self, timeout: float | None = None) -> bool:
-        """Wait for both loops to end, then checkpoint the WAL; True when both ended."""
+        """Wait for both loops (at most ``timeout``), then finish; True when both ended.
+
+        Finishing never waits long: a poll thread stuck in a device read has its bin written
+        by this thread; what cannot be written (disk full) is counted in ``lost``, recorded
+        in ``meta.lost_unwritten`` (or in the lock file until the disk allows) and the
+        clean-stop mark is set; the WAL is checkpointed; the lock is released.
+        """
         deadline = None if timeout is None else self.clock() + timeout
         for thread in self._threads:
             remaining = None if deadline is None else max(0.0, deadline - self.clock())
             thread.join(remaining)
         alive = [t.name for t in self._threads if t.is_alive()]
         if alive:
-            log.error("still running after the stop timeout: %s", ", ".join(alive))
-            return False
+            log.error("still running after the stop timeout: %s (abandoned)", ", ".join(alive))
+        unwritten = self._take_over_bin()
+        with self._lock:
+            self.lost = self._status.dropped + unwritten
+            self._status.dropped = self.lost
+        self._finish_writing()
+        return not alive
+
+    def _take_over_bin(self) -> int:
+        """Write what the poll thread's bin still holds; return how many could not be."""
+        if not self._bin_lock.acquire(timeout=0.5):
+            writer = self._writer  # stuck mid-write: what it holds is lost with the process
+            return len(writer.bin) if writer is not None else 0
         try:
-            conn = database.open_db(self.config.database.path)
+            self._bin_taken = True
+            writer = self._writer
+            if writer is None or not len(writer.bin):
+                return 0
             try:
+                conn = database.open_db(self.config.database.path, busy_timeout_ms=STOP_DB_BUSY_MS)
+                try:
+                    self._count_stored(core.flush(conn, self.device_id, writer.bin))
+                finally:
+                    database.close(conn)
+            except NixlogError as exc:
+                log.error("cannot write the last %d readings: %s", len(writer.bin), exc)
+            return len(writer.bin)
+        finally:
+            self._bin_lock.release()
+
+    def _finish_writing(self) -> None:
+        lock = self.writer_lock
+        recorded = False
+        try:
+            conn = database.open_db(self.config.database.path, busy_timeout_ms=STOP_DB_BUSY_MS)
+            try:
+                database.stop_writing(conn, self.lost)
+                recorded = True
                 database.checkpoint(conn)
             finally:
                 database.close(conn)
         except NixlogError as exc:
             log.warning("final WAL checkpoint failed: %s", exc)
-        return True
+            if self.lost and not recorded and lock is not None:
+                # The lock file was written at start: overwriting it needs no new block, so
+                # the count survives a full disk; the next start adds it to meta.
+                try:
+                    lock.write(self.lost)
+                except OSError as err:
+                    log.error("cannot record %d lost readings: %s", self.lost, err.strerror)
+        finally:
+            if lock is not None:
+                lock.release()
+                self.writer_lock = None
 
     @property
     def running(self) -> bool:
@@ -219,15 +291,19 @@ class Daemon:
                 clock=self.clock,
                 on_write_error=self._on_write_error,
             )
+            self._writer = writer
             poller = core.build_poller(self.config)
             self._poll_until_stopped(poller, writer)
         except NixlogError as exc:
             log.error("poll loop cannot run: %s", exc)
             self.request_stop()
         finally:
-            # Shutdown: whatever the bin holds is written before we let go of the database.
+            # Shutdown: whatever the bin holds is written before we let go of the database
+            # (unless the main thread, tired of waiting, took the bin over).
             if writer is not None:
-                self._count_stored(writer.close())
+                with self._bin_lock:
+                    if not self._bin_taken:
+                        self._count_stored(writer.close())
             if poller is not None:
                 if writer is not None:
                     self._copy_poll_stats(poller, writer.bin)
@@ -238,7 +314,10 @@ class Daemon:
 
     def _poll_until_stopped(self, poller: core.Poller, writer: core.BinWriter) -> None:
         def on_reading(reading: Reading) -> None:
-            writer.bin.add(reading)
+            with self._bin_lock:
+                if self._bin_taken:
+                    return  # a late answer after the stop: the bin is written already
+                writer.bin.add(reading)
             with self._lock:
                 self._status.polled += 1
 
@@ -250,7 +329,9 @@ class Daemon:
             self._copy_poll_stats(poller, writer.bin)
             # Checked every cycle, not only when a reading arrives: with the device gone, a
             # partial bin must still be written within flush_interval_sec.
-            self._count_stored(writer.flush_if_due())
+            with self._bin_lock:
+                if not self._bin_taken:
+                    self._count_stored(writer.flush_if_due())
             self.first_cycle.set()
 
         while not self.stop_event.is_set():
@@ -299,7 +380,10 @@ class Daemon:
             if api is not None:
                 from nixlog.api_client import ApiClient
 
-                client = ApiClient(api, self.device_id, database.get_epoch(conn))
+                # The stop event abandons a post in flight: its rows stay unsent.
+                client = ApiClient(
+                    api, self.device_id, database.get_epoch(conn), cancel=self.stop_event
+                )
             while not self.stop_event.is_set():
                 self._beat()
                 try:
@@ -309,6 +393,10 @@ class Daemon:
                         self._maintenance_wanted.clear()
                         self._maintain(conn)
                         next_maintain = self.clock() + self.maintain_interval_sec
+                    # The disk-full reserve comes back as soon as there is room for it (a
+                    # stat when it exists), so that a second full disk is handled like the
+                    # first; waiting for the next maintenance pass could be too late.
+                    database.ensure_reserve(self.config.database.path)
                 except NixlogError as exc:
                     # Field trouble (disk full, database locked): one line, not a traceback
                     # a second; the same message again only once a minute.
@@ -328,7 +416,10 @@ class Daemon:
             self.request_stop()
         finally:
             if client is not None:
-                client.close()
+                try:
+                    client.close()
+                except Exception:  # an abandoned post may still hold a connection
+                    log.debug("closing the API client", exc_info=True)
             if conn is not None:
                 database.close(conn)
 
@@ -424,9 +515,12 @@ def _signal_handlers(daemon: Daemon) -> Iterator[None]:
 
 
 def run_daemon(config: Config, notifier: Notifier | None = None) -> int:
-    """Run the service until SIGTERM/SIGINT; return the exit code (0 after a clean stop).
+    """Run the service until SIGTERM/SIGINT; return the exit code.
 
-    Raises ``NixlogError`` (database unusable, no device id) before any loop starts.
+    0 after a stop that lost nothing; 74 when readings could not be written (the last status
+    line says ``LOST n``). The process exits within 5 s of SIGTERM whatever the API, the
+    device or the disk does. Raises ``NixlogError`` (database in use or unusable, no device
+    id) before any loop starts.
     """
     notifier = notifier if notifier is not None else Notifier()
     daemon = Daemon(config)
@@ -443,14 +537,19 @@ def run_daemon(config: Config, notifier: Notifier | None = None) -> int:
             daemon.request_stop()
             notifier.stopping()
             log.info("stopping: writing the last readings and checkpointing")
-            # Within systemd's TimeoutStopSec (30 s in our unit): a post in flight is bounded
-            # by api.timeout_sec, a poll cycle by the Modbus timeout.
-            api_timeout = config.api.timeout_sec if config.api else 0.0
-            clean = daemon.join(timeout=api_timeout + config.modbus.timeout_sec * 2 + 10)
+            # A deadline, not a hope: a post in flight is abandoned at once (its rows stay
+            # unsent); a poll thread stuck in a device read is left behind.
+            ended = daemon.join(timeout=STOP_JOIN_SEC)
             status = daemon.status()
             log.info("stopped: %s", status.summary())
             notifier.close()
-    return 0 if clean else 1
+    code = EXIT_DATABASE if daemon.lost else 0
+    if not ended:
+        # A thread stuck in a read would keep the interpreter alive past systemd's stop
+        # timeout (and be SIGKILLed there); everything worth keeping is written already.
+        logging.shutdown()
+        os._exit(code)
+    return code
 
 
 def _supervise(

@@ -27,12 +27,14 @@ every write is an explicit ``BEGIN IMMEDIATE`` transaction.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import math
 import os
 import secrets
 import sqlite3
+import stat
 import struct
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -217,21 +219,26 @@ def open_db(
 
 def _open_registered(path: Path, create: bool, busy_timeout_ms: int) -> sqlite3.Connection:
     """``open_db`` under the registry lock: check the file only if nothing of ours holds it."""
-    key = os.path.realpath(path)
-    if path.is_dir():
+    if "\0" in str(path):
+        raise DatabaseError(f"{path!r}: a database path cannot contain a NUL character")
+    try:
+        key = os.path.realpath(path)
+        is_dir, exists = path.is_dir(), path.exists()
+    except OSError as exc:  # ENAMETOOLONG: is_dir() and exists() let it through
+        raise DatabaseError(f"{_shorten(path)}: cannot open the database: {exc.strerror}") from exc
+    if is_dir:
         raise DatabaseError(f"{path}: is a directory, expected a database file")
-    if path.exists():
+    if exists and not path.is_file():
+        # A FIFO would block the first read forever; a device is nobody's database.
+        raise DatabaseError(f"{path}: not a regular file, expected a database file")
+    if exists:
         if key not in _open_files:
             _check_file(path)
+        _tighten_mode(path)
     elif not create:
         raise DatabaseError(f"{path}: no database here yet (nothing has been stored)")
     else:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise DatabaseError(
-                f"{path.parent}: cannot create the database directory: {exc.strerror}"
-            ) from exc
+        _create_private(path)
     try:
         conn = sqlite3.connect(
             str(path),
@@ -258,6 +265,69 @@ def _open_registered(path: Path, create: bool, busy_timeout_ms: int) -> sqlite3.
 
 init_db = open_db
 """The seed's name for ``open_db``."""
+
+FILE_MODE: Final = 0o640
+"""Database, its -wal and -shm, exports: the service group may read, others nothing."""
+DIR_MODE: Final = 0o750
+
+
+def _shorten(path: Path, keep: int = 120) -> str:
+    text = str(path)
+    return text if len(text) <= keep else f"{text[: keep // 2]}…{text[-keep // 2 :]}"
+
+
+def make_private_dirs(directory: Path) -> None:
+    """Create ``directory`` and missing parents as 0750 whatever the umask (existing ones are
+    left as they are: /var/lib is not ours). Raises ``OSError``."""
+    missing: list[Path] = []
+    current = directory
+    while not current.exists():
+        missing.append(current)
+        if current.parent == current:
+            break
+        current = current.parent
+    for path in reversed(missing):
+        try:
+            path.mkdir(mode=DIR_MODE)
+        except FileExistsError:
+            continue  # another process made it meanwhile
+        os.chmod(path, DIR_MODE)  # mkdir's mode is cut by the umask
+
+
+def create_private_file(path: Path) -> int:
+    """Create ``path`` (which must not exist) as 0640 whatever the umask; return its fd."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+    os.fchmod(fd, FILE_MODE)
+    return fd
+
+
+def _create_private(path: Path) -> None:
+    """Make the directory and an empty 0640 database file before SQLite creates it.
+
+    SQLite gives the -wal and -shm files the database file's mode (even under a wider umask),
+    so a private database file is enough for all three.
+    """
+    try:
+        make_private_dirs(path.parent)
+    except OSError as exc:
+        raise DatabaseError(
+            f"{path.parent}: cannot create the database directory: {exc.strerror}"
+        ) from exc
+    try:
+        os.close(create_private_file(path))
+    except FileExistsError:
+        pass  # another process created it between our check and now: SQLite opens it
+    except OSError as exc:
+        raise DatabaseError(f"{path}: cannot create the database: {exc.strerror}") from exc
+
+
+def _tighten_mode(path: Path) -> None:
+    """An existing database readable by everyone (made under umask 022) loses those bits."""
+    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        with suppress(OSError):  # not ours to change, or gone: leave it
+            mode = stat.S_IMODE(file.stat().st_mode)
+            if mode & 0o027:
+                os.chmod(file, mode & ~0o027)
 
 
 def _check_file(path: Path) -> None:
@@ -315,7 +385,16 @@ def _schema_version(conn: sqlite3.Connection) -> int:
     if not has_meta:
         return 0
     row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-    return int(row[0]) if row and row[0] is not None else 0
+    if not row or row[0] is None:
+        return 0
+    text = str(row[0])
+    if not (text.isascii() and text.isdigit() and len(text) <= 6):
+        shown = text if len(text) <= 40 else text[:40] + "…"
+        raise DatabaseError(
+            f"{_path_of(conn)}: meta.schema_version is {shown!r}, not a nixlog schema version; "
+            "refusing to touch it (point database.path elsewhere)"
+        )
+    return int(text)
 
 
 def _migrate(conn: sqlite3.Connection) -> None:
@@ -606,14 +685,15 @@ def _counts(conn: sqlite3.Connection) -> _Counts:
     rejected_below = conn.execute(
         "SELECT count(*) FROM rejected_ids WHERE id < ?", (lo,)
     ).fetchone()[0]
-    rows = (last_id - lo + 1) + rejected_below
+    skipped = _skipped_ranges(conn)
+    rows = (last_id - lo + 1) - _skipped_within(skipped, lo, last_id) + rejected_below
     start = max(upto + 1, lo)
     settled_above = conn.execute(
         "SELECT (SELECT count(*) FROM sent_ahead_ids WHERE id >= :s) "
         "+ (SELECT count(*) FROM rejected_ids WHERE id >= :s)",
         {"s": start},
     ).fetchone()[0]
-    unsent = max(0, last_id - start + 1) - settled_above
+    unsent = max(0, last_id - start + 1) - _skipped_within(skipped, start, last_id) - settled_above
     return _Counts(
         rows=rows,
         unsent=unsent,
@@ -623,6 +703,16 @@ def _counts(conn: sqlite3.Connection) -> _Counts:
         last_id=last_id,
         sent_upto=upto,
     )
+
+
+def _skipped_ranges(conn: sqlite3.Connection) -> list[tuple[int, int]]:
+    """Id ranges never issued (jumped over after an unclean stop): holes the counts skip."""
+    text = _meta(conn, "skipped_id_ranges")
+    return [(int(r[0]), int(r[1])) for r in json.loads(text)] if text else []
+
+
+def _skipped_within(ranges: Sequence[tuple[int, int]], low: int, high: int) -> int:
+    return sum(max(0, min(high, last) - max(low, first) + 1) for first, last in ranges)
 
 
 def count_unsent(conn: sqlite3.Connection) -> int:
@@ -651,6 +741,7 @@ class DbStats:
     epoch: str
     pruned_rejected: int = 0
     path: str = ""
+    lost_unwritten: int = 0
 
     def as_dict(self) -> dict[str, int | str | None]:
         """The ``--json`` document: these keys are a contract with outside scripts."""
@@ -669,6 +760,7 @@ class DbStats:
             "pruned_sent",
             "pruned_unsent",
             "epoch",
+            "lost_unwritten",
         )
         return {key: getattr(self, key) for key in keys}
 
@@ -731,6 +823,7 @@ def stats(
         epoch=str(meta.get("epoch") or ""),
         pruned_rejected=int(meta.get("pruned_rejected") or 0),
         path=str(path),
+        lost_unwritten=int(meta.get("lost_unwritten") or 0),
     )
 
 
@@ -842,6 +935,176 @@ def id_span(conn: sqlite3.Connection) -> tuple[int, int] | None:
     with _reading(conn, "reading the id span"):
         first, last = conn.execute("SELECT min(id), max(id) FROM reading_rows").fetchone()
     return None if first is None else (int(first), int(last))
+
+
+# --------------------------------------------------------------------------- one writer
+
+ID_JUMP_AFTER_UNCLEAN_STOP: Final = 1_000_000
+"""How far the id sequence moves after an unclean stop (kill -9, power cut).
+
+A lost or cut WAL takes back every id issued since the last checkpoint, and a new reading
+would then reuse an id a receiver already has (and drop the new reading as a duplicate). The
+mark "running" is checkpointed into the main file at start, so only ids issued since then
+can be lost. A WAL holds at most ``WAL_AUTOCHECKPOINT_PAGES`` pages before SQLite
+checkpoints it (4 MiB); a 4 KiB page holds at most ~100 readings (a row is >= 40 bytes), so
+one WAL between checkpoints holds ~100,000 ids. A reader that starves the checkpoints lets the
+WAL grow further: 1,000,000 is ten such WALs, or 5.5 hours at 50 Hz without one checkpoint.
+Ids are 64-bit: a jump per crash is free."""
+_LOCK_FILE_BYTES: Final = 64
+"""The lock file is written once at this size; later writes overwrite it in place and so need
+no new block (they work on a full disk)."""
+
+
+def lock_path(path: Path) -> Path:
+    """Where the one-writer lock of the database at ``path`` lives."""
+    path = Path(path)
+    return path.with_name(path.name + ".lock")
+
+
+class WriterLock:
+    """The advisory lock (``flock``) that makes this process the database's only writer.
+
+    ``flock`` on a separate ``<db>.lock`` file, not POSIX locks on the database: those belong
+    to the process and any close of the database file drops them (see ``_open_files``). The
+    file holds the holder's PID (for the error of a second writer) and, after a stop on a full
+    disk, the count of readings lost unwritten until the next start can put it in ``meta``.
+    """
+
+    def __init__(self, db_path: Path, fd: int, carried_lost: int) -> None:
+        self.db_path = db_path
+        self.fd = fd
+        self.carried_lost = carried_lost
+
+    def write(self, lost: int = 0) -> None:
+        """Rewrite the file in place: PID, and ``lost`` readings not yet counted in meta."""
+        text = f"{os.getpid()}\nlost_unwritten {lost}\n".ljust(_LOCK_FILE_BYTES - 1) + "\n"
+        os.pwrite(self.fd, text.encode("ascii")[:_LOCK_FILE_BYTES], 0)
+        os.fsync(self.fd)
+
+    def release(self) -> None:
+        """Let go of the lock (the file stays: removing it would race a new holder)."""
+        if self.fd >= 0:
+            os.close(self.fd)  # closing the descriptor drops the flock
+            self.fd = -1
+
+
+def _read_lock_file(fd: int) -> tuple[str, int]:
+    """(holder PID text, lost count carried over) from a lock file's content."""
+    try:
+        text = os.pread(fd, _LOCK_FILE_BYTES * 2, 0).decode("ascii", errors="replace")
+    except OSError:
+        return "?", 0
+    lines = text.split("\n")
+    pid = lines[0].strip() or "?"
+    carried = 0
+    for line in lines[1:]:
+        name, _, value = line.strip().partition(" ")
+        if name == "lost_unwritten" and value.isdigit() and value.isascii():
+            carried = int(value)
+    return pid, carried
+
+
+def acquire_writer_lock(path: Path) -> WriterLock:
+    """Take the one-writer lock of the database at ``path`` or raise ``DatabaseError`` (74).
+
+    The error names the PID that holds it: ``<db> is in use by nixlog (PID 1234)``.
+    """
+    path = Path(path)
+    target = lock_path(path)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(target, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    except OSError as exc:
+        raise DatabaseError(f"{target}: cannot open the lock file: {exc.strerror}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        pid, _ = _read_lock_file(fd)
+        os.close(fd)
+        raise DatabaseError(
+            f"{path} is in use by nixlog (PID {pid}); only one daemon or poll --save may "
+            "write a database"
+        ) from None
+    with suppress(OSError):
+        os.fchmod(fd, 0o640)
+    _, carried = _read_lock_file(fd)
+    lock = WriterLock(path, fd, carried)
+    try:
+        lock.write(carried)
+    except OSError as exc:
+        # Disk full: the PID is not written, the lock is held all the same.
+        log.warning("%s: cannot write the lock file: %s", target, exc.strerror)
+    return lock
+
+
+def start_writing(conn: sqlite3.Connection, lock: WriterLock) -> tuple[int, int] | None:
+    """Mark the database "running"; after an unclean stop first move the id sequence on.
+
+    Returns the skipped id range (first, last) after an unclean stop, else None. Also adds
+    a lost count carried in the lock file to ``meta.lost_unwritten``. The mark is checkpointed
+    into the main file, so a WAL lost later cannot take it back.
+    """
+    skipped: tuple[int, int] | None = None
+    with _writing(conn, "marking the database in use"):
+        if _meta(conn, "writer_state") == "running":
+            row = conn.execute(
+                "SELECT seq FROM sqlite_sequence WHERE name = 'reading_rows'"
+            ).fetchone()
+            top = max(
+                int(row[0]) if row else 0,
+                int(conn.execute("SELECT coalesce(max(id), 0) FROM reading_rows").fetchone()[0]),
+            )
+            skipped = (top + 1, top + ID_JUMP_AFTER_UNCLEAN_STOP)
+            if row is None:
+                conn.execute(
+                    "INSERT INTO sqlite_sequence(name, seq) VALUES ('reading_rows', ?)",
+                    (skipped[1],),
+                )
+            else:
+                conn.execute(
+                    "UPDATE sqlite_sequence SET seq = ? WHERE name = 'reading_rows'",
+                    (skipped[1],),
+                )
+            ranges = json.loads(_meta(conn, "skipped_id_ranges") or "[]")
+            ranges.append([skipped[0], skipped[1]])
+            _set_meta(conn, "skipped_id_ranges", json.dumps(ranges))
+        if lock.carried_lost:
+            _add_lost(conn, lock.carried_lost)
+        _set_meta(conn, "writer_state", "running")
+    if lock.carried_lost:
+        lock.carried_lost = 0
+        with suppress(OSError):
+            lock.write(0)
+    try:
+        conn.execute("PRAGMA wal_checkpoint(FULL)").fetchall()
+    except sqlite3.Error as exc:
+        raise _translate(exc, _path_of(conn), "checkpointing the WAL") from exc
+    if skipped is not None:
+        log.warning(
+            "%s: the last writer did not stop cleanly: ids %d-%d are skipped so that no id "
+            "is ever issued twice",
+            _path_of(conn),
+            *skipped,
+        )
+    return skipped
+
+
+def _add_lost(conn: sqlite3.Connection, count: int) -> None:
+    if _meta(conn, "lost_unwritten") is None:
+        _set_meta(conn, "lost_unwritten", "0")
+    _bump(conn, "lost_unwritten", count)
+
+
+def stop_writing(conn: sqlite3.Connection, lost: int = 0) -> None:
+    """Record ``lost`` readings (never written) and the clean-stop mark in one transaction.
+
+    Raises ``DatabaseError`` when that cannot be written (disk still full): then nothing of
+    it was recorded. Checkpointing is the caller's next step.
+    """
+    with _writing(conn, "marking a clean stop"):
+        if lost:
+            _add_lost(conn, lost)
+        _set_meta(conn, "writer_state", "stopped")
 
 
 # --------------------------------------------------------------------------- pruning

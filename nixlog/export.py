@@ -6,6 +6,12 @@ register renamed or removed since): a first pass asks SQLite for the distinct ke
 same selection (``database.value_keys``), so memory grows with the number of keys, never
 with the number of rows. Values are written as stored: numbers in their JSON form, booleans
 as ``true``/``false``, strings as they are; a missing value is an empty cell.
+
+Formula injection: a spreadsheet runs a cell starting with ``=``, ``+``, ``-``, ``@``, tab or
+carriage return as a formula, so a device string ``=cmd|' /C calc'!A0`` must not reach it
+verbatim. Text cells (string values, the device id, header names) that start so get a
+leading ``'``. Numbers stay numbers: a stored ``-3.5`` is written ``-3.5`` (it is a float in
+the database, never text, so it cannot carry a formula).
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import json
 import re
 import sqlite3
 from collections.abc import Callable, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Final, TextIO
 
 from nixlog import database
@@ -25,6 +31,10 @@ from nixlog.model import StoredReading
 _SPAN_RE: Final = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$", re.IGNORECASE)
 _SPAN_SECONDS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 PROGRESS_EVERY: Final = 1000
+FORMULA_STARTS: Final = ("=", "+", "-", "@", "\t", "\r")
+# Past these, datetime arithmetic and SQLite's text timestamps stop working.
+_EARLIEST: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_LATEST: Final = datetime(9999, 1, 1, tzinfo=UTC)
 
 
 def parse_when(text: str, now: datetime | None = None, option: str = "--since") -> datetime:
@@ -35,20 +45,36 @@ def parse_when(text: str, now: datetime | None = None, option: str = "--since") 
     Returns an aware datetime; raises ``UsageError`` (exit 2) with one line otherwise.
     """
     current = (now or datetime.now().astimezone()).astimezone()
+    shown = text if len(text) <= 60 else text[:60] + "…"
+    out_of_range = UsageError(
+        f'{option}: "{shown}" is out of range (from 1970-01-01 to 9998-12-31 UTC)'
+    )
     match = _SPAN_RE.match(text)
     if match:
         amount, unit = float(match.group(1)), match.group(2).lower()
-        return current - timedelta(seconds=amount * _SPAN_SECONDS[unit])
+        try:
+            moment = current - timedelta(seconds=amount * _SPAN_SECONDS[unit])
+        except OverflowError:  # "99999999999999d": past what a timedelta or datetime holds
+            raise out_of_range from None
+    else:
+        try:
+            moment = datetime.fromisoformat(text.strip())
+        except ValueError:
+            raise UsageError(
+                f'{option}: cannot read "{shown}": expected an ISO date or date-time '
+                "(2026-11-26, 2026-11-26T08:00, with an optional +02:00) or a span "
+                "like 90m, 24h, 7d"
+            ) from None
     try:
-        moment = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise UsageError(
-            f'{option}: cannot read "{text}": expected an ISO date or date-time '
-            "(2026-11-26, 2026-11-26T08:00, with an optional +02:00) or a span "
-            "like 90m, 24h, 7d"
-        ) from None
-    # astimezone() on a naive datetime takes it as local time, as users mean it.
-    return moment.astimezone() if moment.tzinfo is None else moment
+        # astimezone() on a naive datetime takes it as local time, as users mean it.
+        if moment.tzinfo is None:
+            moment = moment.astimezone()
+        in_range = _EARLIEST <= moment.astimezone(UTC) < _LATEST
+    except (OverflowError, ValueError, OSError):  # 0001-01-01 or 9999-12-31T23:59-12:00
+        in_range = False
+    if not in_range:
+        raise out_of_range
+    return moment
 
 
 def csv_columns(register_names: Sequence[str], found_keys: set[str]) -> list[str]:
@@ -56,6 +82,11 @@ def csv_columns(register_names: Sequence[str], found_keys: set[str]) -> list[str
     known = set(register_names)
     others = sorted(found_keys - known)
     return ["id", "timestamp", "device_id", *register_names, *others, "sent"]
+
+
+def safe_text(text: str) -> str:
+    """A text cell a spreadsheet will not run as a formula (a leading ``'`` when needed)."""
+    return "'" + text if text.startswith(FORMULA_STARTS) else text
 
 
 def format_value(value: object) -> str:
@@ -66,7 +97,7 @@ def format_value(value: object) -> str:
     if value is None:
         return ""
     if kind is str:
-        return value  # type: ignore[return-value]
+        return safe_text(value)  # type: ignore[arg-type]
     if kind is bool:
         return "true" if value else "false"
     if kind is float or kind is int:
@@ -80,7 +111,7 @@ def csv_row(reading: StoredReading, value_columns: Sequence[str]) -> list[str]:
     return [
         str(reading.id),
         reading.timestamp,
-        reading.device_id,
+        safe_text(reading.device_id),
         *(format_value(values.get(name)) for name in value_columns),
         str(reading.sent_flag),
     ]
@@ -105,7 +136,7 @@ def export_csv(
     columns = csv_columns(register_names, found)
     value_columns = columns[3:-1]
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(columns)
+    writer.writerow([safe_text(column) for column in columns])
     written = 0
     last_id = 0
     for reading in database.iter_readings(conn, since, until, unsent_only):

@@ -27,6 +27,8 @@ class Reading:
     timestamp: str
     values: dict[str, Value]
     errors: dict[str, str] = field(default_factory=dict)
+    device: str | None = None
+    """The plant device this reading is from; None for the flat ``[modbus]`` form."""
 
 
 @dataclass(frozen=True)
@@ -39,3 +41,5 @@ class StoredReading:
     values: dict[str, Value]
     errors: dict[str, str]
     sent_flag: int = SENT_UNSENT
+    device: str | None = None
+    """The plant device this reading is from; None for the flat ``[modbus]`` form."""

@@ -48,7 +48,8 @@ from nixlog.registers import MAX_BITS_PER_REQUEST, decode_words, shortest_float3
 
 DEFAULT_UNITS: Final = "1-247"
 DEFAULT_SCAN_TIMEOUT_SEC: Final = 0.3
-"""Per-answer timeout when neither ``--timeout`` nor a config gives one.
+"""Per-answer timeout unless ``--timeout`` gives one. A config's ``timeout_sec`` is not used:
+it is tuned for polling (often 1 s with retries), and a 1-247 sweep at 1 s takes minutes.
 
 A healthy RS-485 device answers a one-register read within ~10-50 ms at 9600 baud; 0.3 s
 leaves room for slow meters. Measured 1-247 sweep: 74 s on TCP; 148 s on RTU, where the link
@@ -129,11 +130,12 @@ def bus_settings(
     stopbits: int | None = None,
     timeout: float | None = None,
 ) -> ModbusConfig:
-    """The bus to scan: the config's settings (if any) with each given option overriding.
+    """The bus to scan: the config's port and line settings (if any), each option overriding.
 
-    Without a config, defaults are 9600 8N1 and ``DEFAULT_SCAN_TIMEOUT_SEC``. The result has
-    no registers and ``retries = 0`` (the scanner chooses retries per request). Raises
-    ``UsageError`` for an option that cannot work.
+    Without a config, defaults are 9600 8N1. The timeout is ``DEFAULT_SCAN_TIMEOUT_SEC`` unless
+    ``timeout`` is given, never the config's. The result has no registers and ``retries = 0``
+    (the scanner chooses retries per request). Raises ``UsageError`` for an option that cannot
+    work.
     """
     if port is None and base is None:
         raise UsageError(
@@ -145,17 +147,18 @@ def bus_settings(
         if base is not None
         else ModbusConfig(port=port or "", registers=(), timeout_sec=DEFAULT_SCAN_TIMEOUT_SEC)
     )
-    changes: dict[str, Any] = {"registers": (), "retries": 0}
+    changes: dict[str, Any] = {
+        "registers": (),
+        "retries": 0,
+        "timeout_sec": DEFAULT_SCAN_TIMEOUT_SEC,
+    }
     if port is not None:
-        if not port.strip():
-            raise UsageError("--port: must not be empty")
-        if "://" in port:
-            from nixlog.config import parse_tcp_address
+        from nixlog.config import check_port
 
-            try:
-                parse_tcp_address(port)
-            except ValueError as exc:
-                raise UsageError(f"--port: {exc}") from None
+        try:
+            check_port(port)
+        except ValueError as exc:
+            raise UsageError(f"--port: {exc}") from None
         changes["port"] = port
     if baudrate is not None:
         if not 50 <= baudrate <= 4_000_000:

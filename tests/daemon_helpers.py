@@ -7,6 +7,8 @@ Shared by the daemon tests and the fault suite (loaded as a pytest plugin for it
 
 from __future__ import annotations
 
+import itertools
+import json
 import os
 import re
 import signal
@@ -160,6 +162,27 @@ def read_ledger(db_path: Path) -> Ledger:
         integrity=integrity,
         epoch=epoch,
     )
+
+
+def skipped_id_ranges(db_path: Path) -> list[tuple[int, int]]:
+    """The id ranges the database jumped over after unclean stops (``meta``)."""
+    conn = sqlite3.connect(db_path, timeout=5)
+    try:
+        row = conn.execute("SELECT value FROM meta WHERE key = 'skipped_id_ranges'").fetchone()
+    finally:
+        conn.close()
+    return [(int(a), int(b)) for a, b in json.loads(row[0])] if row else []
+
+
+def assert_one_run(ids: list[int], skipped: list[tuple[int, int]], first: int = 1) -> None:
+    """``ids`` run from ``first`` without a hole, except exactly the recorded skipped ranges."""
+    if not ids:
+        return
+    assert ids[0] == first or (first, ids[0] - 1) in skipped, f"ids start at {ids[0]}"
+    for before, after in itertools.pairwise(ids):
+        assert after == before + 1 or (before + 1, after - 1) in skipped, (
+            f"a gap or a reused id between {before} and {after} (skipped: {skipped})"
+        )
 
 
 def delivered_by_id(receiver: ScriptedReceiver) -> dict[str, list[dict[str, Any]]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -399,3 +400,104 @@ def test_example_config_is_valid() -> None:
     cfg = load_config(REPO / "examples/config.toml", env={})
     assert cfg.api is not None and len(cfg.modbus.registers) == 12
     assert os.fspath(cfg.database.path) == "/var/lib/nixlog/datalog.db"
+
+
+def _big_map(count: int) -> str:
+    lines = ['[modbus]\nport = "/dev/ttyUSB0"\n']
+    for i in range(count):
+        lines.append(
+            f'[[modbus.registers_to_read]]\nname = "r{i}"\naddress = {(i * 2) % 65000}\n'
+            f'unit_id = {1 + (i * 2) // 65000}\ntype = "float32"\n'
+        )
+    return "".join(lines)
+
+
+def test_ten_thousand_register_map_loads_fast(tmp_path: Path) -> None:
+    """A 10,000-register map loads in well under a second (the overlap check is not quadratic)."""
+    import time
+
+    path = write(tmp_path, _big_map(10_000))
+    started = time.perf_counter()
+    cfg = load_config(path, env={})
+    elapsed = time.perf_counter() - started
+    assert len(cfg.modbus.registers) == 10_000
+    assert elapsed < 1.0, f"{elapsed:.2f} s"
+
+
+def test_overlap_in_a_big_map_names_both_registers(tmp_path: Path) -> None:
+    """The sorted overlap check still names the later entry and the one it collides with."""
+    text = _big_map(500) + '[[modbus.registers_to_read]]\nname = "late"\naddress = 7\n'
+    with pytest.raises(ConfigError) as caught:
+        load_text(tmp_path, text)
+    assert str(caught.value) == (
+        f"{tmp_path / 'config.toml'}: modbus.registers_to_read[500].address: holding 7-7 of "
+        'unit 1 overlaps "r3" (modbus.registers_to_read[3], holding 6-7)'
+    )
+
+
+def test_plain_http_endpoint_warns_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An http:// API off this machine warns once that the key travels in clear text."""
+    from nixlog import config as config_module
+
+    config_module._warned_clear_text.clear()
+    text = MINIMAL + '[api]\nendpoint = "http://api.example.com/v1"\napi_key = "k"\n'
+    with caplog.at_level(logging.WARNING, logger="nixlog.config"):
+        load_text(tmp_path, text)
+        load_text(tmp_path, text)
+        load_text(tmp_path, text.replace("api.example.com", "127.0.0.1:8080"))
+        load_text(tmp_path, text.replace("http://", "https://"))
+    clear = [r for r in caplog.records if "clear text" in r.getMessage()]
+    assert len(clear) == 1
+    assert "http://api.example.com/v1" in clear[0].getMessage()
+
+
+def test_config_check_of_a_device_or_fifo_does_not_hang(tmp_path: Path) -> None:
+    """`config check -c /dev/zero` (or a FIFO) is refused at once: only regular files are read."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for path in ("/dev/zero", str(fifo)):
+        result = CliRunner().invoke(app, ["config", "check", "-c", path])
+        assert result.exit_code == EXIT_CONFIG
+        assert result.stderr.strip() == f"Error: {path}: cannot read: not a regular file"
+
+
+def test_oversized_config_and_key_file_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Config and key files are read up to a size limit, never whole whatever their size."""
+    from nixlog import config as config_module
+
+    monkeypatch.setattr(config_module, "MAX_CONFIG_BYTES", 1000)
+    big = write(tmp_path, MINIMAL + "#" * 2000 + "\n", "big.toml")
+    with pytest.raises(ConfigError, match=r"big.toml: cannot read: larger than 1000 bytes"):
+        load_config(big, env={})
+    (tmp_path / "key").write_text("k" * (config_module.MAX_KEY_FILE_BYTES + 1), encoding="utf-8")
+    text = MINIMAL + '[api]\nendpoint = "https://x.example/v1"\napi_key_file = "key"\n'
+    with pytest.raises(ConfigError, match=r"api.api_key_file: cannot read .*larger than"):
+        load_text(tmp_path, text)
+
+
+def test_tcp_port_with_unclosed_bracket_is_one_line(tmp_path: Path) -> None:
+    """`tcp://[::1` is a config error naming modbus.port, not a ValueError traceback."""
+    with pytest.raises(ConfigError, match=r"modbus.port: expected \"tcp://host:port\""):
+        load_text(tmp_path, MINIMAL.replace("/dev/ttyUSB0", "tcp://[::1"))
+
+
+@pytest.mark.parametrize("key", ["sk-é", "two\nlines", "tab\there", "del\x7f"])
+def test_api_key_that_cannot_be_a_header_is_refused_without_showing_it(
+    tmp_path: Path, key: str
+) -> None:
+    """A key from any source must be printable ASCII (an HTTP header); the error hides it."""
+    api = MINIMAL + '[api]\nendpoint = "https://x.example/v1"\n'
+    (tmp_path / "key").write_text(key, encoding="utf-8")
+    sources = [
+        (api + f"api_key = {json.dumps(key)}\n", {}),
+        (api + 'api_key_file = "key"\n', {}),
+        (api, {ENV_API_KEY: key}),
+    ]
+    for text, env in sources:
+        with pytest.raises(ConfigError, match="printable ASCII") as caught:
+            load_text(tmp_path, text, env=env)
+        assert key.strip() not in str(caught.value)

@@ -31,6 +31,7 @@ STABLE_KEYS = [
     "pruned_sent",
     "pruned_unsent",
     "epoch",
+    "lost_unwritten",
 ]
 
 
@@ -164,3 +165,15 @@ def test_stats_while_a_writer_holds_its_transaction_open(config_file: Path, db_p
     finally:
         writer.execute("ROLLBACK")
         writer.close()
+
+
+def test_stats_show_readings_lost_unwritten(config_file: Path, db_path: Path) -> None:
+    """Readings a daemon could not write by its stop: table row and --json key lost_unwritten."""
+    conn = database.open_db(db_path)
+    fill(conn, 3)
+    database.stop_writing(conn, lost=925)
+    conn.close()
+    assert _stats_json(config_file)["lost_unwritten"] == 925
+    result = CliRunner().invoke(app, ["db", "stats", "-c", str(config_file)])
+    assert result.exit_code == 0, result.stderr
+    assert "lost unwritten" in result.stdout and "925" in result.stdout

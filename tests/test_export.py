@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from nixlog import database
 from nixlog.cli import app
 from nixlog.errors import EXIT_USAGE, UsageError
-from nixlog.export import csv_columns, export_csv, format_value, parse_when
+from nixlog.export import csv_columns, export_csv, format_value, parse_when, safe_text
 from nixlog.model import Reading
 from tests.fixtures_db import BASE_TIME, REGISTER_NAMES, fill, make_reading
 
@@ -198,3 +198,61 @@ def test_cli_export_unwritable_output(config_file: Path, db_path: Path, tmp_path
     code, _, err = _cli("export", "-c", str(config_file), "-o", str(tmp_path / "no" / "x.csv"))
     assert code == EXIT_USAGE
     assert "cannot write" in err
+
+
+@pytest.mark.parametrize(
+    "text", ["99999999999999d", "3000000d", "0001-01-01", "9999-12-31T23:59:59-12:00"]
+)
+@pytest.mark.parametrize("option", ["--since", "--until"])
+def test_cli_export_out_of_range_times_are_one_usage_line(
+    config_file: Path, text: str, option: str
+) -> None:
+    """A --since/--until past what a date can hold is one `out of range` line, exit 2."""
+    code, out, err = _cli("export", "-c", str(config_file), option, text)
+    assert code == EXIT_USAGE
+    assert out == ""
+    assert err.strip() == (
+        f'Error: {option}: "{text}" is out of range (from 1970-01-01 to 9998-12-31 UTC)'
+    )
+
+
+def test_cli_export_to_a_directory_is_refused_before_reading(tmp_path: Path) -> None:
+    """`export -o DIR` is one usage line (exit 2), checked before the config is even read."""
+    code, out, err = _cli("export", "-c", str(tmp_path / "missing.toml"), "-o", str(tmp_path))
+    assert code == EXIT_USAGE
+    assert out == ""
+    assert err.strip() == f"Error: --output: {tmp_path} is a directory; give a file name"
+
+
+def test_csv_text_cells_that_look_like_formulas_get_a_quote(db: sqlite3.Connection) -> None:
+    """Strings and header names starting =, +, -, @, tab or CR get a leading ', numbers do not."""
+    hostile = ["=cmd|' /C calc'!A0", "+1", "-2-3", "@SUM(A1)", "\tx", "plain", "a=b"]
+    values: dict[str, int | float | bool | str] = {
+        f"s{i}": text for i, text in enumerate(hostile)
+    }
+    values.update({"neg": -3.5, "negint": -7, "-old": "x"})
+    database.batch_insert_readings(db, "-dev", [Reading(timestamp=NOW.isoformat(), values=values)])
+    out = io.StringIO()
+    export_csv(db, out, [f"s{i}" for i in range(len(hostile))] + ["neg", "negint"])
+    header, row = list(csv.reader(io.StringIO(out.getvalue(), newline="")))
+    cells = dict(zip(header, row, strict=True))
+    assert [cells[f"s{i}"] for i in range(len(hostile))] == [
+        "'=cmd|' /C calc'!A0",
+        "'+1",
+        "'-2-3",
+        "'@SUM(A1)",
+        "'\tx",
+        "plain",
+        "a=b",
+    ]
+    assert (cells["neg"], cells["negint"]) == ("-3.5", "-7")  # numbers stay numbers
+    assert cells["device_id"] == "'-dev"
+    assert "'-old" in header  # a key no longer in the map, named like a formula
+
+
+def test_safe_text_covers_every_formula_start() -> None:
+    """Each of = + - @ tab CR at the start gets the quote; elsewhere in the text it does not."""
+    for start in ("=", "+", "-", "@", "\t", "\r"):
+        assert safe_text(f"{start}x") == f"'{start}x"
+        assert safe_text(f"x{start}") == f"x{start}"
+    assert safe_text("") == ""

@@ -110,9 +110,14 @@ def test_unit_has_the_required_directives() -> None:
     assert service["NoNewPrivileges"] == "yes"
     assert service["PrivateTmp"] == "yes"
     assert service["ProtectHome"] == "yes"
-    # Each of these hides or blocks /dev/ttyUSB*: the logger could not reach its devices.
-    for forbidden in ("PrivateDevices", "DevicePolicy", "DeviceAllow", "ProtectClock"):
-        assert forbidden not in service, forbidden
+    # PrivateDevices= hides /dev/ttyUSB*: the logger could not reach its devices. The device
+    # allow-list instead names every serial-port class it may open.
+    assert "PrivateDevices" not in service
+    allowed = unit["Service"]["DeviceAllow"]
+    for serial_class in ("ttyUSB", "ttyACM", "ttyAMA", "ttyS*"):
+        assert f"char-{serial_class} rw" in allowed, serial_class
+    assert service["LimitCORE"] == "0"  # the API key must not end up in a core dump
+    assert service["CapabilityBoundingSet"] == ""
     assert unit["Install"]["WantedBy"] == ["multi-user.target"]
 
 
@@ -299,6 +304,15 @@ def test_installed_unit_passes_systemd_analyze_verify(installed: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert [line for line in result.stderr.splitlines() if "nixlog" in line] == []
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")
+def test_installed_unit_keeps_the_hardening(installed: Path) -> None:
+    """The unit install.sh writes scores the same exposure (<= 2.0) as deploy/nixlog.service."""
+    from tests.test_service_hardening import MAX_EXPOSURE, _exposure
+
+    exposure, output = _exposure(installed / "etc/systemd/system/nixlog.service")
+    assert exposure <= MAX_EXPOSURE, output[-3000:]
 
 
 def test_second_install_is_idempotent_and_keeps_an_edited_config(installed: Path) -> None:

@@ -76,7 +76,7 @@ def read_values(db_path: Path) -> list[tuple[int, dict[str, Any], dict[str, str]
 class Accounting:
     """Where every reading the daemon stored went: delivered, pruned, rejected or queued."""
 
-    stored: int  # the highest id: ids are 1..stored, never reused
+    stored: int  # ids issued: 1..highest minus the skipped ranges, never reused
     first_present: int  # the lowest id still in the database
     present: int
     delivered: int  # distinct reading ids at the receiver
@@ -108,9 +108,11 @@ def account(
     """Check the database against the receiver and return the books.
 
     Asserts what holds at any moment: integrity ok; the ids present form one run ending at
-    the highest id (pruning removes a prefix; ids are never reused); everything below that
-    run was pruned AND counted in ``meta``; every delivered id is one the database issued,
-    carrying this database's epoch.
+    the highest id (pruning removes a prefix; ids are never reused), the only holes being the
+    ranges ``meta.skipped_id_ranges`` records (after an unclean stop the sequence jumps, so
+    that an id lost with the WAL is never issued again); everything below that run was
+    pruned AND counted in ``meta``; every delivered id is one the database issued, carrying
+    this database's epoch.
     """
     conn = sqlite3.connect(db_path, timeout=5, isolation_level=None)
     try:
@@ -127,16 +129,34 @@ def account(
     ids = [r[0] for r in rows]
     flags = {r[0]: r[1] for r in rows}
     # AUTOINCREMENT's high-water mark: the highest id ever issued, even if pruned since.
-    stored = int(seq[0]) if seq else (ids[-1] if ids else 0)
-    first = ids[0] if ids else stored + 1
+    highest = int(seq[0]) if seq else (ids[-1] if ids else 0)
+    skipped = [(int(a), int(b)) for a, b in json.loads(meta.get("skipped_id_ranges") or "[]")]
+
+    def issued(low: int, high: int) -> list[int]:
+        """Ids from low to high that were issued (not in a skipped range)."""
+        out: list[int] = []
+        at = low
+        for a, b in sorted(skipped):
+            if b < at or a > high:
+                continue
+            out.extend(range(at, min(a, high + 1)))
+            at = max(at, b + 1)
+        out.extend(range(at, high + 1))
+        return out
+
+    def was_skipped(number: int) -> bool:
+        return any(a <= number <= b for a, b in skipped)
+
+    stored = highest - sum(b - a + 1 for a, b in skipped if b <= highest)
+    first = ids[0] if ids else highest + 1
     rejected_ids = {i for i, f in flags.items() if f == 2}
     # database.py's invariant: below the first id that is not rejected only rejected rows
-    # remain; from it to the newest, every id is present.
+    # remain; from it to the newest, every issued id is present.
     lo = next((i for i in ids if i not in rejected_ids), None)
     if lo is not None:
-        assert [i for i in ids if i >= lo] == list(range(lo, stored + 1)), "a hole in the queue"
+        assert [i for i in ids if i >= lo] == issued(lo, highest), "a hole in the queue"
     pruned = {k: int(meta.get(k) or 0) for k in ("pruned_sent", "pruned_unsent", "pruned_rejected")}
-    assert first - 1 <= sum(pruned.values()) + len(rejected_ids), (
+    assert len(issued(1, first - 1)) <= sum(pruned.values()) + len(rejected_ids), (
         f"ids 1..{first - 1} are gone but only {pruned} were counted as pruned"
     )
     epoch = meta["epoch"]
@@ -152,12 +172,12 @@ def account(
         for rid in receiver.seen_ids():
             assert rid.startswith(prefix), f"{rid} does not carry this database's epoch"
             number = int(rid[len(prefix) :])
-            assert 1 <= number <= stored, f"{rid} was never issued"
+            assert 1 <= number <= highest and not was_skipped(number), f"{rid} was never issued"
             delivered_ids.add(number)
         duplicates = receiver.stats.duplicates
     unsent = [i for i, f in flags.items() if f == 0]
     # Below the first row present: each id was delivered, or dropped unsent (counted).
-    gone_undelivered = [i for i in range(1, first) if i not in delivered_ids]
+    gone_undelivered = [i for i in issued(1, first - 1) if i not in delivered_ids]
     # A reading can be both counted as dropped unsent AND at the receiver (its post arrived,
     # the acknowledgement did not: kill -9 or a lost answer): at least once is not exactly
     # once. What must never happen is a reading gone undelivered and NOT counted.
@@ -313,6 +333,22 @@ class SlowReceiver(ScriptedReceiver):
                 self.requests.append(request)
             return Reply.json(400, {"error": f"reading {bad[0]} refused"})
         return super().handle(request)
+
+
+class PoisonBySeq:
+    """The poison "set" of a receiver: every reading of ``prefix`` whose seq is ``offset``
+    modulo ``every``. Ids jump after each crash, so fixed ids might never be issued."""
+
+    def __init__(self, prefix: str, every: int = 100, offset: int = 37) -> None:
+        self.prefix = prefix
+        self.every = every
+        self.offset = offset
+
+    def __contains__(self, rid: object) -> bool:
+        if not isinstance(rid, str) or not rid.startswith(self.prefix):
+            return False
+        tail = rid[len(self.prefix) :]
+        return tail.isdigit() and int(tail) % self.every == self.offset
 
 
 # ============================================================ processes
