@@ -179,3 +179,24 @@ def test_memory_and_descriptors_stay_flat_under_faults(seconds: float) -> None:
     assert run.values["a"] >= 0.9 * run.count and warm.values["a"] > 0
     assert device.connections > 5  # the backoff is short: the link is dropped over and over
     assert growth < 1024, f"resident memory grew {growth} KiB"
+
+
+def test_gateway_silent_on_one_block_keeps_the_others(caplog: pytest.LogCaptureFixture) -> None:
+    """Over TCP too, a block that never answers is backed off alone; one log line."""
+    registers = (holding("silent", 0), holding("a", 100), holding("b", 0, unit=2))
+
+    def behaviour(transaction: int, request: Request) -> list[Send]:
+        return [] if request.unit == 1 and request.start == 0 else tcp_correct(transaction, request)
+
+    device = TcpDevice(behaviour).start()
+    caplog.set_level(logging.WARNING, logger="nixlog")
+    try:
+        run = poll_for(modbus_config(device.address, registers, retries=1), 3.0, 10)
+    finally:
+        device.stop()
+    assert_no_wrong_value(run, registers)
+    cycles = len(run.cycles)
+    assert run.values["silent"] == 0
+    assert run.values["a"] >= 0.9 * cycles - 1 and run.values["b"] >= 0.9 * cycles
+    assert not run.poller.unit_backed_off(1)
+    assert log_lines(caplog.messages, "holding 0-0 (1 register) does not answer") == 1
