@@ -9,6 +9,7 @@ only the wall clock moves (``FAKETIME_DONT_FAKE_MONOTONIC=1``), as with a real c
 from __future__ import annotations
 
 import itertools
+import os
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -43,7 +44,11 @@ def test_wall_clock_steps_back_an_hour(
     daemon = DaemonProcess(config, env=env)
     processes.append(daemon)
     wait_until(lambda: receiver.stats.unique >= 30, 20, "deliveries before the step", daemon)
-    offset_file.write_text("-1h\n", encoding="utf-8")
+    # Atomically: libfaketime reads the file on every call, and a truncated file read between
+    # truncate and write means "no offset", a spurious step forward and back.
+    staged = offset_file.with_name(offset_file.name + ".new")
+    staged.write_text("-1h\n", encoding="utf-8")
+    os.replace(staged, offset_file)
     stepped = row_count(db_path)
     wait_until(lambda: row_count(db_path) >= stepped + 40, 20, "polling after the step", daemon)
     wait_until(lambda: receiver.stats.unique >= stepped + 20, 20, "deliveries after the step")
@@ -54,7 +59,7 @@ def test_wall_clock_steps_back_an_hour(
 
     books = account(db_path, receiver)
     assert_all_settled(books)
-    assert books.duplicates == 0
+    assert books.duplicates == 0, daemon.log[-6000:]
     ledger = read_ledger(db_path)
     assert ledger.ids == list(range(1, books.stored + 1))
     # The fault really happened: one reading's time is ~an hour before its predecessor's.
