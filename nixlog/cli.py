@@ -932,6 +932,179 @@ def scan_registers(
         raise DeviceError(result.link_error)
 
 
+# --------------------------------------------------------------------------- read / write
+
+
+def _read_block(result: Any) -> Group:
+    """One read as a heading line and a table: address, raw words (hex), value."""
+    spec = result.spec
+    described = "" if spec.kind in ("coil", "discrete") else f" {spec.type} {spec.byte_order}"
+    header = f"{result.timestamp}  unit {spec.unit_id} {spec.kind}{described}"
+    if result.error is not None:
+        return Group(header, f"[red]{escape(result.error)}[/red]")
+    table = Table()
+    table.add_column("address", justify="right")
+    table.add_column("raw")
+    table.add_column("value", justify="right")
+    for item in result.values:
+        if isinstance(item.value, bool) or spec.kind in ("coil", "discrete"):
+            raw = "1" if item.raw[0] else "0"
+        else:
+            raw = " ".join(f"0x{int(word):04X}" for word in item.raw)
+        value = "nan/inf" if item.value is None else _format_value(item.value)
+        table.add_row(str(item.address), raw, escape(value))
+    return Group(header, table)
+
+
+@_command(app, "read")
+def read(
+    config: ConfigOption = None,
+    port: Annotated[
+        str | None,
+        typer.Option("--port", help="Serial path (/dev/ttyUSB0) or tcp://host:port."),
+    ] = None,
+    unit: Annotated[int, typer.Option("--unit", "-a", help="Unit id (slave address).")] = 1,
+    kind: Annotated[
+        str, typer.Option("--kind", help="holding, input, coil or discrete.")
+    ] = "holding",
+    address: Annotated[
+        int, typer.Option("--address", "-r", min=0, max=65535, help="First address (0-based).")
+    ] = 0,
+    count: Annotated[
+        int,
+        typer.Option("--count", min=1, help="Values to read (registers of a string)."),
+    ] = 1,
+    value_type: Annotated[
+        str,
+        typer.Option("--type", help="uint16, int16, uint32, int32, float32, *64, string."),
+    ] = "uint16",
+    byte_order: Annotated[
+        str, typer.Option("--byte-order", help="ABCD, CDAB, BADC or DCBA.")
+    ] = "ABCD",
+    scale: Annotated[float, typer.Option("--scale", help="Multiply numbers by this.")] = 1.0,
+    watch: Annotated[
+        bool, typer.Option("--watch", "-w", help="Read again every --interval until Ctrl-C.")
+    ] = False,
+    interval: Annotated[
+        float, typer.Option("--interval", min=0.05, help="Seconds between reads (--watch).")
+    ] = 1.0,
+    cycles: Annotated[
+        int | None, typer.Option("--cycles", min=1, help="Stop after N reads (implies --watch).")
+    ] = None,
+    baudrate: Annotated[int | None, typer.Option("--baudrate", help="Serial speed.")] = None,
+    parity: Annotated[str | None, typer.Option("--parity", help="N, E or O.")] = None,
+    stopbits: Annotated[int | None, typer.Option("--stopbits", help="1 or 2.")] = None,
+    timeout: Annotated[
+        float | None, typer.Option("--timeout", help="Seconds to wait for an answer.")
+    ] = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Read registers once (or --watch) without a config: the technician's first look."""
+    import json
+    from contextlib import nullcontext
+
+    from rich.live import Live
+
+    from nixlog import adhoc
+    from nixlog.modbus_client import create_client
+
+    spec = adhoc.check_spec(unit, kind, address, count, value_type, byte_order, scale)
+    base = _load(config).modbus if config is not None else None
+    modbus = adhoc.link_settings(
+        base, port=port, baudrate=baudrate, parity=parity, stopbits=stopbits, timeout=timeout
+    )
+    link = create_client(modbus)
+    stdout = _console()
+    repeat = watch or cycles is not None
+    live_view = repeat and stdout.is_terminal and not json_output
+    try:
+        with Live(console=stdout, auto_refresh=False) if live_view else nullcontext() as live:
+
+            def on_result(result: Any) -> None:
+                if json_output:
+                    typer.echo(json.dumps(result.as_dict(), ensure_ascii=False))
+                elif live is not None:
+                    live.update(_read_block(result), refresh=True)
+                elif result.error is None or repeat:
+                    # Off a terminal (or once): one block per read, nothing redrawn.
+                    stdout.print(_read_block(result))
+
+            outcome = adhoc.read_series(
+                link,
+                spec,
+                cycles=cycles if repeat else 1,
+                interval=interval,
+                on_result=on_result,
+            )
+    finally:
+        link.close()
+    error = adhoc.series_error(outcome, link.description, modbus)
+    if error is not None:
+        raise error
+
+
+@_command(app, "write")
+def write(
+    config: ConfigOption = None,
+    port: Annotated[
+        str | None,
+        typer.Option("--port", help="Serial path (/dev/ttyUSB0) or tcp://host:port."),
+    ] = None,
+    unit: Annotated[int, typer.Option("--unit", "-a", help="Unit id (slave address).")] = 1,
+    kind: Annotated[str, typer.Option("--kind", help="holding or coil.")] = "holding",
+    address: Annotated[
+        int, typer.Option("--address", "-r", min=0, max=65535, help="Address (0-based).")
+    ] = 0,
+    value: Annotated[
+        str,
+        typer.Option("--value", help="The number to write; a coil takes 1/0, on/off."),
+    ] = "",
+    value_type: Annotated[
+        str, typer.Option("--type", help="uint16, int16, uint32, int32, float32, *64.")
+    ] = "uint16",
+    byte_order: Annotated[
+        str, typer.Option("--byte-order", help="ABCD, CDAB, BADC or DCBA.")
+    ] = "ABCD",
+    yes: Annotated[
+        bool, typer.Option("--yes", help="Really write (required: a write acts on the plant).")
+    ] = False,
+    baudrate: Annotated[int | None, typer.Option("--baudrate", help="Serial speed.")] = None,
+    parity: Annotated[str | None, typer.Option("--parity", help="N, E or O.")] = None,
+    stopbits: Annotated[int | None, typer.Option("--stopbits", help="1 or 2.")] = None,
+    timeout: Annotated[
+        float | None, typer.Option("--timeout", help="Seconds to wait for an answer.")
+    ] = None,
+) -> None:
+    """Write one holding register (or one 32/64-bit value) or one coil; needs --yes."""
+    from nixlog import adhoc
+    from nixlog.errors import UsageError
+    from nixlog.modbus_client import create_client
+
+    if not value:
+        raise UsageError("--value: give the value to write")
+    spec = adhoc.check_write(unit, kind, address, value, value_type, byte_order)
+    base = _load(config).modbus if config is not None else None
+    modbus = adhoc.link_settings(
+        base, port=port, baudrate=baudrate, parity=parity, stopbits=stopbits, timeout=timeout
+    )
+    where = f"unit {spec.unit_id} {spec.kind} {spec.address}"
+    if not yes:
+        raise UsageError(
+            f"not written: writing {spec.shown} to {where} on {modbus.port} acts on the "
+            "device; add --yes to do it"
+        )
+    link = create_client(modbus)
+    try:
+        result = adhoc.write_value(link, spec)
+    finally:
+        link.close()
+    if result.read_back is None:
+        back = f"read back failed: {result.read_back_error}"
+    else:
+        back = f"reads back {_format_value(result.read_back)}"
+    _console().print(f"Wrote {escape(spec.shown)} to {escape(where)}; {escape(back)}.")
+
+
 # --------------------------------------------------------------------------- export
 
 
