@@ -738,16 +738,17 @@ def _scan_cell(pair: list[Any], order: str, chosen: Any) -> str:
     return "\n".join(lines)
 
 
-def _scan_tables(result: Any) -> list[Any]:
-    """Per unit and kind: every responding address in every interpretation."""
+def _scan_tables(result: Any, wide: bool = False) -> list[Any]:
+    """Per unit and kind: every responding address, its 16-bit readings and the draft's
+    choice (fits 100 columns); ``wide`` adds every 32-bit reading in all four byte orders."""
     from nixlog.config import BIT_KINDS
     from nixlog.scanner import BYTE_ORDERS_32, interpret_pair, to_int16
 
     chosen = {(r.unit_id, r.kind, r.address): r for r in result.draft()}
     covered = {
-        (r.unit_id, r.kind, r.address + 1): r
+        (r.unit_id, r.kind, r.address + offset): r
         for r in chosen.values()
-        if r.type in ("int32", "uint32", "float32")
+        for offset in range(1, r.width)
     }
     renderables: list[Any] = []
     for unit in result.units:
@@ -758,7 +759,7 @@ def _scan_tables(result: Any) -> list[Any]:
                 title += " (scan incomplete)"
             # A heading line, not a table title: a title wraps to the width of a narrow table.
             renderables.append(f"[bold]{title}[/bold]")
-            table = Table(show_lines=kind not in BIT_KINDS)
+            table = Table(show_lines=wide and kind not in BIT_KINDS)
             if kind in BIT_KINDS:
                 for column in ("address", "value", "draft"):
                     table.add_column(column)
@@ -772,32 +773,34 @@ def _scan_tables(result: Any) -> list[Any]:
             else:
                 for column in ("address", "hex", "uint16", "int16"):
                     table.add_column(column, justify="right")
-                for order in BYTE_ORDERS_32:
-                    table.add_column(f"{order} (this+next)")
-                table.add_column("draft")
+                if wide:
+                    for order in BYTE_ORDERS_32:
+                        table.add_column(f"{order} (this+next)")
+                table.add_column("draft", overflow="fold")
                 for address in sorted(scan.values):
                     word = int(scan.values[address])
-                    following = scan.values.get(address + 1)
-                    pair = interpret_pair(word, int(following)) if following is not None else []
                     key = (unit.unit_id, kind, address)
                     draft = chosen.get(key)
                     if draft is not None:
                         draft_text = f"{draft.name} {draft.type}"
-                        if draft.type not in ("uint16", "int16"):
+                        if draft.type not in ("uint16", "int16", "string"):
                             draft_text += f" {draft.byte_order}"
-                        draft_text = f"[bold]{escape(draft_text)}[/bold] = {draft.value}"
+                        shown = repr(draft.value) if draft.type == "string" else draft.value
+                        draft_text = f"[bold]{escape(draft_text)}[/bold] = {escape(str(shown))}"
                     elif key in covered:
                         draft_text = f"(part of {escape(covered[key].name)})"
+                    elif word == 0 and result.skip_zeros:
+                        draft_text = "[dim]0: left out[/dim]"
                     else:
                         draft_text = ""
-                    table.add_row(
-                        str(address),
-                        f"0x{word:04X}",
-                        str(word),
-                        str(to_int16(word)),
-                        *(_scan_cell(pair, order, draft) for order in BYTE_ORDERS_32),
-                        draft_text,
-                    )
+                    cells = [str(address), f"0x{word:04X}", str(word), str(to_int16(word))]
+                    if wide:
+                        following = scan.values.get(address + 1)
+                        pair = (
+                            interpret_pair(word, int(following)) if following is not None else []
+                        )
+                        cells += [_scan_cell(pair, order, draft) for order in BYTE_ORDERS_32]
+                    table.add_row(*cells, draft_text)
             renderables.append(table)
             for failure in scan.failures:
                 end = failure.start + failure.count - 1
@@ -808,16 +811,39 @@ def _scan_tables(result: Any) -> list[Any]:
     return renderables
 
 
+def _plural(count: int, singular: str, plural: str | None = None) -> str:
+    """``1 register``, ``2 registers``."""
+    return f"{count} {singular if count == 1 else (plural or singular + 's')}"
+
+
 def _scan_summary(result: Any) -> str:
     ids = ", ".join(str(unit.unit_id) for unit in result.units) or "none"
     registers = sum(unit.register_count for unit in result.units)
     state = " (interrupted)" if result.interrupted else ""
+    if result.sweep_stopped:
+        state = " (unit sweep stopped by Ctrl-C)"
     return (
         f"Scan of {escape(result.port)}{state}: {len(result.units)} of "
-        f"{result.units_done} probed unit ids answered ({ids}); {registers} responding "
-        f"addresses; {result.requests} requests (one per register: "
+        f"{_plural(result.units_done, 'probed unit id')} answered ({ids}); "
+        f"{_plural(registers, 'responding address', 'responding addresses')}; "
+        f"{_plural(result.requests, 'request')} (one per register: "
         f"{result.one_register_per_request}) in {result.elapsed_sec:.1f} s."
     )
+
+
+def _scan_identities(result: Any) -> list[str]:
+    """One line per unit asked for its identification (``--identify``)."""
+    lines = []
+    for unit in result.units:
+        if unit.identity:
+            text = ", ".join(f"{name}: {value}" for name, value in unit.identity.items())
+            lines.append(f"Unit {unit.unit_id} identifies as {escape(text)}")
+        elif unit.identity_error is not None:
+            lines.append(
+                f"Unit {unit.unit_id}: no device identification "
+                f"({escape(unit.identity_error)})"
+            )
+    return lines
 
 
 def _scan_progress_bar(progress: Any) -> Any:
@@ -825,13 +851,19 @@ def _scan_progress_bar(progress: Any) -> Any:
     tasks: dict[str, Any] = {}
 
     def on_progress(event: Any) -> None:
+        if event.detail.startswith("sweep stopped"):
+            progress.console.print(
+                "Unit sweep stopped; scanning the units found so far (Ctrl-C again to stop)."
+            )
         if event.phase not in tasks:
-            tasks[event.phase] = progress.add_task(event.phase, total=event.total)
+            tasks[event.phase] = progress.add_task(event.phase, total=event.total, found="")
+        noun = "unit" if event.phase == "units" else "register"
         progress.update(
             tasks[event.phase],
             completed=event.done,
             total=event.total,
             description=f"{event.phase}: {escape(event.detail)}",
+            found=f"{_plural(event.found, noun)} found",
         )
 
     return on_progress
@@ -863,12 +895,32 @@ def scan_registers(
     output: Annotated[
         Path | None, typer.Option("--output", help="Write a registers_to_read TOML draft here.")
     ] = None,
+    wide: Annotated[
+        bool, typer.Option("--wide", help="Show every 32-bit reading in all four byte orders.")
+    ] = False,
+    skip_zeros: Annotated[
+        bool,
+        typer.Option(
+            "--skip-zeros/--keep-zeros",
+            help="Leave registers that read 0 out of the draft (listed in its comment).",
+        ),
+    ] = True,
+    identify: Annotated[
+        bool,
+        typer.Option("--identify", help="Ask each unit for vendor, product, version (FC 43/14)."),
+    ] = False,
     json_output: JsonOption = False,
 ) -> None:
-    """Commissioning: find responding unit ids and registers, show every interpretation."""
+    """Commissioning: find responding unit ids and registers and draft a register map."""
     import json
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
     from nixlog import scanner
     from nixlog.errors import DeviceError
@@ -894,13 +946,23 @@ def scan_registers(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
+        TextColumn("{task.fields[found]}"),
+        TimeRemainingColumn(),
         console=stderr,
         transient=True,
         disable=not stderr.is_terminal,
     )
     job = scanner.Scanner(
-        link, modbus, unit_ids, kinds, start, count, on_progress=_scan_progress_bar(progress)
+        link,
+        modbus,
+        unit_ids,
+        kinds,
+        start,
+        count,
+        on_progress=_scan_progress_bar(progress),
+        identify=identify,
     )
+    job.result.skip_zeros = skip_zeros
     try:
         with progress:
             job.run()
@@ -914,15 +976,19 @@ def scan_registers(
         typer.echo(json.dumps(scanner.result_as_dict(result), ensure_ascii=False))
     else:
         stdout = _console()
-        for renderable in _scan_tables(result):
+        for line in _scan_identities(result):
+            stdout.print(line, soft_wrap=True)
+        for renderable in _scan_tables(result, wide):
             stdout.print(renderable)
         stdout.print(_scan_summary(result), soft_wrap=True)
     if output is not None and (result.draft() or not result.interrupted):
         text = scanner.draft_toml(result, modbus)
         scanner.write_draft(output, text)
+        skipped = sum(len(addresses) for _, _, addresses in result.skipped())
+        left_out = f" ({_plural(skipped, 'zero register')} left out)" if skipped else ""
         stderr.print(
-            f"Wrote {len(result.draft())} registers to {escape(str(output))}; check it with "
-            f"`nixlog config check -c {escape(str(output))}`.",
+            f"Wrote {_plural(len(result.draft()), 'register')} to {escape(str(output))}"
+            f"{left_out}; check it with `nixlog config check -c {escape(str(output))}`.",
             soft_wrap=True,
         )
     if result.interrupted:

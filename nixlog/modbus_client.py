@@ -12,6 +12,7 @@ used here at all (the simulator still serves with it); pyserial is imported on f
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import socket
@@ -305,6 +306,11 @@ class ModbusLink:
             reason = _os_reason(exc) if isinstance(exc, OSError) else str(exc)
             if isinstance(exc, OSError) and exc.errno == 13:
                 reason += " (is the user in the dialout group?)"
+            elif isinstance(exc, OSError) and exc.errno in (errno.EAGAIN, errno.EBUSY):
+                reason += (
+                    " (the port is in use by another program: if the nixlog service runs, "
+                    "stop it first with `sudo systemctl stop nixlog`)"
+                )
             raise LinkDown(f"cannot open serial port {path}: {reason}") from exc
         self._serial = port
 

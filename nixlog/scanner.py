@@ -75,6 +75,16 @@ NAME_PREFIXES: Final = {"holding": "hr", "input": "ir", "coil": "coil", "discret
 NARROWING_CODES: Final = frozenset({2, 3, 4})
 ILLEGAL_FUNCTION: Final = 1
 GATEWAY_SILENT_CODES: Final = frozenset({10, 11})
+IDENTITY_NAMES: Final = {
+    0: "vendor",
+    1: "product_code",
+    2: "revision",
+    3: "vendor_url",
+    4: "product_name",
+    5: "model_name",
+    6: "application_name",
+}
+"""Names of the standard Read Device Identification objects (FC 43/14)."""
 
 # Plausibility thresholds for 32-bit interpretations (see ``score_pair``).
 FLOAT_MIN_MAGNITUDE: Final = 1e-3
@@ -685,6 +695,9 @@ class UnitScan:
     unit_id: int
     probe: str
     kinds: dict[str, KindScan] = field(default_factory=dict)
+    identity: dict[str, str] | None = None
+    """FC 43/14 objects by name (``--identify``), or None when not asked or not offered."""
+    identity_error: str | None = None
 
     @property
     def register_count(self) -> int:
@@ -710,6 +723,8 @@ class ScanResult:
     garbled: list[int] = field(default_factory=list)
     interrupted: bool = False
     skip_zeros: bool = True
+    sweep_stopped: bool = False
+    """Ctrl-C ended the unit sweep early; the units found so far were still scanned."""
 
     @property
     def one_register_per_request(self) -> int:
@@ -759,6 +774,8 @@ class ScanProgress:
     done: int
     total: int
     detail: str
+    found: int = 0
+    """Units that answered (units phase) or responding addresses (registers phase) so far."""
 
 
 # ============================================================================ I/O: the scan
@@ -783,6 +800,7 @@ class Scanner:
         *,
         on_progress: Callable[[ScanProgress], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        identify: bool = False,
     ) -> None:
         if not units:
             raise UsageError("--units: no unit ids to probe")
@@ -795,6 +813,7 @@ class Scanner:
                 raise UsageError(f'--kind: unknown kind "{kind}"')
         self.link = link
         self.modbus = modbus
+        self.identify = identify
         self.on_progress = on_progress
         self.clock = clock
         self.result = ScanResult(
@@ -815,11 +834,21 @@ class Scanner:
 
         Raises ``DeviceError`` (exit 69) when the port cannot be opened or no unit answered.
         A link lost mid-scan stops it with ``result.link_error`` set (rendered, then 69).
+        Ctrl-C during the unit sweep ends the sweep, not the scan, once a unit has answered:
+        the technician has seen the unit they were waiting for (``result.sweep_stopped``).
         """
         started = self.clock()
         try:
             self.link.connect()
-            self._discover_units()
+            try:
+                self._discover_units()
+            except KeyboardInterrupt:
+                if not self.result.units:
+                    raise
+                self.result.sweep_stopped = True
+                self.link.close()  # a request may have been cut short: start afresh
+                done = self.result.units_done
+                self._progress("units", done, done, "sweep stopped (Ctrl-C)")
             if not self.result.units:
                 if self.result.link_error is not None:
                     raise DeviceError(self.result.link_error)
@@ -827,6 +856,9 @@ class Scanner:
             self._register_total = (
                 len(self.result.units) * len(self.result.kinds) * self.result.count
             )
+            if self.identify:
+                for unit in self.result.units:
+                    self._identify(unit)
             for unit in self.result.units:
                 for kind in self.result.kinds:
                     if self.result.link_error is not None:
@@ -852,7 +884,11 @@ class Scanner:
 
     def _progress(self, phase: str, done: int, total: int, detail: str) -> None:
         if self.on_progress is not None:
-            self.on_progress(ScanProgress(phase, done, total, detail))
+            if phase == "units":
+                found = len(self.result.units)
+            else:
+                found = sum(unit.register_count for unit in self.result.units)
+            self.on_progress(ScanProgress(phase, done, total, detail, found))
 
     def _read(
         self,
@@ -870,6 +906,24 @@ class Scanner:
         )
 
     # ------------------------------------------------------------------ units
+
+    def _identify(self, unit: UnitScan) -> None:
+        """Read Device Identification (FC 43/14); many meters do not offer it (exception 1)."""
+        identify = getattr(self.link, "identify", None)
+        if identify is None:
+            unit.identity_error = "not supported by this link"
+            return
+        self.result.requests += 1
+        try:
+            found = identify(unit.unit_id, timeout=self.modbus.timeout_sec)
+        except ModbusReadError as exc:
+            unit.identity_error = exc.reason
+            return
+        unit.identity = {
+            IDENTITY_NAMES.get(object_id, f"object_{object_id}"): text
+            for object_id, text in sorted(found.objects.items())
+            if text
+        }
 
     def _discover_units(self) -> None:
         result = self.result
@@ -1038,6 +1092,8 @@ def result_as_dict(result: ScanResult) -> dict[str, Any]:
                         "byte_order": draft.byte_order,
                         "value": draft.value,
                     }
+                    if draft.length is not None:
+                        entry["draft"]["length"] = draft.length
                 entries.append(entry)
             kinds[kind] = {
                 "registers": entries,
@@ -1046,7 +1102,12 @@ def result_as_dict(result: ScanResult) -> dict[str, Any]:
                 ],
                 "complete": scan.done,
             }
-        units.append({"unit_id": unit.unit_id, "probe": unit.probe, "kinds": kinds})
+        entry_unit: dict[str, Any] = {"unit_id": unit.unit_id, "probe": unit.probe}
+        if unit.identity is not None or unit.identity_error is not None:
+            entry_unit["identity"] = unit.identity
+            entry_unit["identity_error"] = unit.identity_error
+        entry_unit["kinds"] = kinds
+        units.append(entry_unit)
     return {
         "port": result.port,
         "units_probed": list(result.units_probed),
@@ -1059,7 +1120,12 @@ def result_as_dict(result: ScanResult) -> dict[str, Any]:
         "requests_one_per_register": result.one_register_per_request,
         "elapsed_sec": round(result.elapsed_sec, 3),
         "interrupted": result.interrupted,
+        "sweep_stopped": result.sweep_stopped,
         "link_error": result.link_error,
+        "skipped_zeros": [
+            {"unit_id": unit_id, "kind": kind, "addresses": addresses}
+            for unit_id, kind, addresses in result.skipped()
+        ],
     }
 
 
@@ -1106,6 +1172,16 @@ def _comment(register: DraftRegister) -> str:
     return f"# unit {register.unit_id} {register.kind} {register.address}: {shown} ({described})"
 
 
+def _identity_comment(result: ScanResult) -> list[str]:
+    """Comment lines with what each unit said about itself (``--identify``)."""
+    return [
+        f"# Unit {unit.unit_id}: "
+        + ", ".join(f"{name} {text}" for name, text in unit.identity.items()).replace("\n", " ")
+        for unit in result.units
+        if unit.identity
+    ]
+
+
 def _skipped_comment(result: ScanResult) -> list[str]:
     """Comment lines naming the registers left out because they read 0."""
     lines: list[str] = []
@@ -1133,6 +1209,7 @@ def draft_toml(result: ScanResult, modbus: ModbusConfig, now: datetime | None = 
         f"# Draft written by `nixlog scan-registers` on {stamp} from {result.port}.",
         "# Types and byte orders are the scan's best guess: check each value against the",
         "# device, rename the registers, add scale/units, then add [database] and [api].",
+        *_identity_comment(result),
         *_skipped_comment(result),
         "",
         tomli_w.dumps({"modbus": section}).rstrip(),
