@@ -159,7 +159,8 @@ class SimulatorContext(ModbusServerContext):
         self.units = frozenset({r.unit_id for r in self.registers} | set(extra_units))
         self.refuse_unmapped = refuse_unmapped
         # Commissioning tests write registers and read device identification (FC 43/14,
-        # pymodbus answers it from ``identity``: VendorName, ProductCode, MajorMinorRevision...).
+        # pymodbus answers it from ``identity``: VendorName, ProductCode, MajorMinorRevision...;
+        # pymodbus keeps one identity per process, the last server started sets it).
         self.writable = writable
         self.identity = identity
         self._written: dict[tuple[int, str, int], int | bool] = {}

@@ -144,3 +144,23 @@ def test_busy_serial_port_names_the_service(
     assert "in use by another program" in result.stderr
     assert "sudo systemctl stop nixlog" in result.stderr
     assert result.stderr.count("\n") == 1
+
+
+def test_identify_over_rtu(
+    start_simulator: Callable[..., SimulatorServer],
+    pty_pair: tuple[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """FC 43/14 over a serial line: the answer's length is learnt as it arrives."""
+    server_end, client_end = pty_pair
+    context = known_context()
+    context.identity = {"VendorName": "ACME RTU", "ProductCode": "PM-9"}
+    start_simulator(context, port=server_end)
+    result = invoke(
+        ["scan-registers", "--port", client_end, "--units", "1", "--count", "4", "--identify"],
+        tmp_path,
+        monkeypatch,
+    )
+    assert result.exit_code == 0, result.output
+    assert "Unit 1 identifies as vendor: ACME RTU, product_code: PM-9" in result.stdout
