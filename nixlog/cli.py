@@ -23,13 +23,28 @@ import typer
 from rich.console import Console, Group
 from rich.markup import escape
 from rich.table import Table
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 from nixlog import __version__
 from nixlog.config import Config, load_config, resolve_config_path
 from nixlog.errors import EXIT_INTERRUPTED, EXIT_USAGE, NixlogError
 
 _F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _flags_without_metavar(params: list[Any]) -> list[Any]:
+    """On/off flags take no value: no ``<bool>`` next to them in the help."""
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
+class _NixlogCommand(TyperCommand):
+    """A command whose help shows no ``<bool>`` for flags."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _flags_without_metavar(super().get_params(ctx))
 
 
 class _NixlogGroup(TyperGroup):
@@ -39,6 +54,9 @@ class _NixlogGroup(TyperGroup):
     1. Running the group with ``standalone_mode=False`` hands both to us instead; CliRunner
     calls this same ``main``, so tests see what a terminal sees.
     """
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _flags_without_metavar(super().get_params(ctx))
 
     def main(
         self,
@@ -107,8 +125,10 @@ app = typer.Typer(
     # A bug keeps its traceback, but never with local variables: they could hold the API key.
     pretty_exceptions_show_locals=False,
 )
-db_app = typer.Typer(help="Inspect the local database.", no_args_is_help=True)
-config_app = typer.Typer(help="Validate configuration.", no_args_is_help=True)
+db_app = typer.Typer(
+    cls=_NixlogGroup, help="Inspect the local database.", no_args_is_help=True
+)
+config_app = typer.Typer(cls=_NixlogGroup, help="Validate configuration.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(config_app, name="config")
 
@@ -129,6 +149,11 @@ def _console(err: bool = False) -> Console:
     stream = sys.stderr if err else sys.stdout
     width = None if stream.isatty() else 200
     return _PipeConsole(file=stream, highlight=False, width=width)
+
+
+def _plural(count: int, singular: str, plural: str | None = None) -> str:
+    """``1 register``, ``2 registers``."""
+    return f"{count} {singular if count == 1 else (plural or singular + 's')}"
 
 
 class _State:
@@ -195,7 +220,7 @@ def _command(group: typer.Typer, name: str) -> Callable[[_F], _F]:
                 raise typer.Exit(0) from None
 
         _add_verbose_option(wrapper, function)
-        group.command(name)(wrapper)
+        group.command(name, cls=_NixlogCommand)(wrapper)
         return function
 
     return decorate
@@ -326,7 +351,7 @@ def _poll_table(poller: Any, reading: Any) -> Group:
     header = (
         f"[bold]{escape(poller.link.description)}[/bold]  {reading.timestamp}  "
         f"cycle {stats.cycles} (all failed {stats.failed_cycles}, skipped slots "
-        f"{stats.skipped_slots}), {stats.requests} requests"
+        f"{stats.skipped_slots}), {_plural(stats.requests, 'request')}"
     )
     table = Table()
     table.add_column("name")
@@ -397,7 +422,7 @@ def _close_poll_store(store: Any, cfg: Config) -> None:
         database.close(store.conn)
         store.writer_lock.release()
     _console(err=True).print(
-        f"Saved {store.stored} readings to {escape(str(cfg.database.path))}"
+        f"Saved {_plural(store.stored, 'reading')} to {escape(str(cfg.database.path))}"
     )
 
 
@@ -434,7 +459,7 @@ def poll(
         on_reading = store.add if store is not None else (lambda reading: None)
         stdout = _console()
         live_view = stdout.is_terminal and not json_output
-        # Into a pipe or file, without --json: no redrawing, only the last table at the end.
+        # Into a pipe or file, without --json: no redrawing, one table per cycle as it comes.
         with Live(console=stdout, auto_refresh=False) if live_view else nullcontext() as live:
 
             def on_cycle(reading: Any) -> None:
@@ -448,6 +473,8 @@ def poll(
                     typer.echo(json.dumps(record, ensure_ascii=False))
                 elif live is not None:
                     live.update(_poll_table(poller, reading), refresh=True)
+                else:
+                    stdout.print(_poll_table(poller, reading))
 
             core.run_poll_loop(
                 poller,
@@ -461,8 +488,6 @@ def poll(
         poller.close()
         if store is not None:
             _close_poll_store(store, cfg)
-        if not json_output and not _console().is_terminal and poller.last_cycle is not None:
-            _console().print(_poll_table(poller, poller.last_cycle))
     _poll_exit(outcome, poller, cfg)
 
 
@@ -506,7 +531,7 @@ def _publish_dry_run(client: Any, rows: list[Any], endpoint: str) -> None:
         return
     headers = client.headers(rows)  # masked: the key never reaches a terminal or a log
     stderr.print(
-        f"Would POST {len(rows)} readings (seq {rows[0].id}..{rows[-1].id}) to "
+        f"Would POST {_plural(len(rows), 'reading')} (seq {rows[0].id}..{rows[-1].id}) to "
         f"{escape(endpoint)}"
     )
     for name, value in headers.items():
@@ -517,13 +542,15 @@ def _publish_dry_run(client: Any, rows: list[Any], endpoint: str) -> None:
 def _render_publish(summary: Any, backlog: int) -> None:
     """One summary line on stdout: delivered, rejected (by seq), what remains."""
     remaining = max(backlog - summary.delivered - summary.rejected, 0)
-    requests = "request" if summary.requests == 1 else "requests"
-    line = f"Delivered {summary.delivered} readings in {summary.requests} {requests}"
+    line = (
+        f"Delivered {_plural(summary.delivered, 'reading')} in "
+        f"{_plural(summary.requests, 'request')}"
+    )
     if summary.rejected:
         ids = ", ".join(str(i) for i in summary.rejected_ids[:10])
         more = ", ..." if len(summary.rejected_ids) > 10 else ""
         line += f"; {summary.rejected} rejected by the API (seq {ids}{more}), kept for export"
-    _console().print(f"{line}; {remaining} unsent remain.")
+    _console().print(f"{line}; {remaining} unsent {'remains' if remaining == 1 else 'remain'}.")
 
 
 @_command(app, "publish")
@@ -809,11 +836,6 @@ def _scan_tables(result: Any, wide: bool = False) -> list[Any]:
                     f"{escape(failure.reason)}[/yellow]"
                 )
     return renderables
-
-
-def _plural(count: int, singular: str, plural: str | None = None) -> str:
-    """``1 register``, ``2 registers``."""
-    return f"{count} {singular if count == 1 else (plural or singular + 's')}"
 
 
 def _scan_summary(result: Any) -> str:
@@ -1316,7 +1338,7 @@ def _export_to_file(
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
-    _console(err=True).print(f"Wrote {rows} readings to {escape(str(output))}.")
+    _console(err=True).print(f"Wrote {_plural(rows, 'reading')} to {escape(str(output))}.")
 
 
 # --------------------------------------------------------------------------- db stats
@@ -1403,7 +1425,7 @@ def simulate(
 
     def announce(address: str) -> None:
         stderr.print(
-            f"Simulating {len(registers)} registers (unit {', '.join(map(str, units))}) "
+            f"Simulating {_plural(len(registers), 'register')} (unit {', '.join(map(str, units))}) "
             f"from {escape(source)} on {escape(address)}; Ctrl-C to stop."
         )
 
