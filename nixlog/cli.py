@@ -623,9 +623,14 @@ def publish(
 
 
 def _megabytes(size: int) -> str:
-    if size >= 10_000_000_000:
-        return f"{size / 1_000_000_000:.1f} GB"
-    return f"{size / 1_000_000:.1f} MB"
+    """A size as people read it: ``512 B``, ``36 kB``, ``4.2 MB``, ``1.5 GB`` (SI units)."""
+    if size < 1000:
+        return f"{size} B"
+    if size < 1_000_000:
+        return f"{size / 1000:.0f} kB"
+    if size < 1_000_000_000:
+        return f"{size / 1_000_000:.1f} MB"
+    return f"{size / 1_000_000_000:.1f} GB"
 
 
 def _render_prune(report: Any) -> None:
@@ -1213,6 +1218,9 @@ def export(
     unsent: Annotated[
         bool, typer.Option("--unsent", help="Only readings not yet shipped.")
     ] = False,
+    with_units: Annotated[
+        bool, typer.Option("--units", help="Add each register's units to the header: v [V].")
+    ] = False,
 ) -> None:
     """Stream stored readings as CSV."""
     from nixlog import database
@@ -1225,19 +1233,26 @@ def export(
         _check_output(output)
     cfg = _load(config)
     names = [register.name for register in cfg.modbus.registers]
+    units = {r.name: r.units for r in cfg.modbus.registers if r.units} if with_units else None
     conn = database.open_db(cfg.database.path, create=False)
     try:
         if output is None:
             try:
                 export_csv(
-                    conn, sys.stdout, names, since=since_at, until=until_at, unsent_only=unsent
+                    conn,
+                    sys.stdout,
+                    names,
+                    since=since_at,
+                    until=until_at,
+                    unsent_only=unsent,
+                    units=units,
                 )
                 sys.stdout.flush()
             except BrokenPipeError:
                 _silence_stdout()  # `nixlog export | head` closed the pipe: not an error
             return
         span = database.id_span(conn)
-        _export_to_file(conn, output, names, since_at, until_at, unsent, span)
+        _export_to_file(conn, output, names, since_at, until_at, unsent, span, units)
     finally:
         database.close(conn)
 
@@ -1295,6 +1310,7 @@ def _export_to_file(
     until_at: Any,
     unsent: bool,
     span: tuple[int, int] | None,
+    units: dict[str, str] | None = None,
 ) -> None:
     """Write to ``output.part`` and rename at the end: no half file under the real name."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -1333,6 +1349,7 @@ def _export_to_file(
                 until=until_at,
                 unsent_only=unsent,
                 on_progress=lambda rid: progress.update(task, completed=rid - first + 1),
+                units=units,
             )
         partial.replace(output)
     except BaseException:

@@ -758,6 +758,7 @@ class DbStats:
             "free_disk_bytes",
             "last_publish",
             "pruned_sent",
+            "pruned_rejected",
             "pruned_unsent",
             "epoch",
             "lost_unwritten",

@@ -54,3 +54,69 @@ def test_help_shows_no_bool_metavar(command: list[str]) -> None:
     assert result.exit_code == 0, result.output
     assert "--help" in result.stdout
     assert "<bool>" not in result.stdout
+
+
+def _units_config(tmp_path: Path) -> Path:
+    """A config whose map has units on two of three registers."""
+    from tests.fixtures_db import CONFIG_TEMPLATE
+
+    text = CONFIG_TEMPLATE.format(db=tmp_path / "data" / "nixlog.db")
+    text = text.replace('name = "voltage_l1"\n', 'name = "voltage_l1"\nunits = "V"\n')
+    text = text.replace('name = "current_l1"\n', 'name = "current_l1"\nunits = "A"\n')
+    path = tmp_path / "config.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_export_units_in_the_header(tmp_path: Path) -> None:
+    """--units labels the columns `voltage_l1 [V]`; without it the header is plain names."""
+    from nixlog import database
+    from tests.fixtures_db import fill
+
+    config = _units_config(tmp_path)
+    conn = database.open_db(tmp_path / "data" / "nixlog.db")
+    fill(conn, 2)
+    conn.close()
+    plain = runner.invoke(app, ["export", "-c", str(config)])
+    assert plain.exit_code == 0, plain.stderr
+    assert plain.stdout.splitlines()[0].startswith("id,timestamp,device_id,voltage_l1,current_l1")
+    labelled = runner.invoke(app, ["export", "-c", str(config), "--units"])
+    assert labelled.exit_code == 0, labelled.stderr
+    header = labelled.stdout.splitlines()[0]
+    assert header.startswith("id,timestamp,device_id,voltage_l1 [V],current_l1 [A],breaker_closed")
+    assert len(labelled.stdout.splitlines()) == 3
+    target = tmp_path / "out.csv"
+    to_file = runner.invoke(app, ["export", "-c", str(config), "--units", "-o", str(target)])
+    assert to_file.exit_code == 0, to_file.stderr
+    assert target.read_text(encoding="utf-8").splitlines()[0] == header
+
+
+def test_db_stats_sizes_in_kb_and_pruned_rejected(tmp_path: Path) -> None:
+    """A small database shows its size in kB (not "0.0 MB"); --json has pruned_rejected."""
+    import json
+
+    from nixlog import database
+    from tests.fixtures_db import fill
+
+    config = _units_config(tmp_path)
+    conn = database.open_db(tmp_path / "data" / "nixlog.db")
+    fill(conn, 5)
+    conn.close()
+    table = runner.invoke(app, ["db", "stats", "-c", str(config)])
+    assert table.exit_code == 0, table.stderr
+    assert "0.0 MB" not in table.stdout
+    size_line = next(line for line in table.stdout.splitlines() if "file size" in line)
+    assert " kB" in size_line
+    document = json.loads(runner.invoke(app, ["db", "stats", "--json", "-c", str(config)]).stdout)
+    assert document["pruned_rejected"] == 0
+
+
+@pytest.mark.parametrize(
+    ("size", "shown"),
+    [(512, "512 B"), (36_000, "36 kB"), (4_200_000, "4.2 MB"), (1_500_000_000, "1.5 GB")],
+)
+def test_sizes_pick_their_unit(size: int, shown: str) -> None:
+    """Sizes are written in B, kB, MB or GB, whichever fits."""
+    from nixlog.cli import _megabytes
+
+    assert _megabytes(size) == shown
