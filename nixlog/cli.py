@@ -1452,22 +1452,37 @@ def simulate(
 # --------------------------------------------------------------------------- demo
 
 
-def _demo_dashboard(status: Any, seconds_left: float) -> Table:
-    """The live demo view: the belt's counters and the latest values."""
-    table = Table(title=f"nixlog demo — {max(0.0, seconds_left):.0f} s left (Ctrl-C ends it)")
-    table.add_column("station")
-    table.add_column("count", justify="right")
+DEMO_NEXT_STEPS = (
+    "Next steps with a real device:",
+    "  1. find its registers:  nixlog scan-registers --port /dev/ttyUSB0 --output config.toml",
+    "  2. check the map:       nixlog config check -c config.toml",
+    "  3. run it as a service: sudo ./install.sh   (see README: Install on a Raspberry Pi)",
+)
+
+
+def _demo_dashboard(
+    status: Any, seconds_left: float, units: dict[str, str] | None = None
+) -> Group:
+    """The live demo view: a heading line, the belt's counters and the latest values with
+    their units (a heading, not a table title: a title wraps to the table's width)."""
+    units = units or {}
+    heading = f"[bold]nixlog demo[/bold] — {max(0.0, seconds_left):.0f} s left (Ctrl-C ends it)"
+    table = Table()
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    table.add_column("units")
     rate = status.polled / status.uptime_sec if status.uptime_sec > 0 else 0.0
-    table.add_row("polled", f"{status.polled} ({rate:.1f}/s)")
-    table.add_row("stored", str(status.stored))
-    table.add_row("shipped", str(status.shipped))
-    table.add_row("backlog", str(status.backlog))
+    table.add_row("readings polled", str(status.polled), f"({rate:.1f}/s)")
+    table.add_row("stored", str(status.stored), "")
+    table.add_row("shipped to the API", str(status.shipped), "")
+    table.add_row("backlog (unsent)", str(status.backlog), "")
     for name, value in sorted(status.last_values.items()):
-        shown = f"{value:.3f}" if isinstance(value, float) else str(value)
-        table.add_row(f"  {escape(name)}", escape(shown))
+        shown = f"{value:.3f}".rstrip("0").rstrip(".") if isinstance(value, float) else None
+        shown = shown if shown is not None else _format_value(value)
+        table.add_row(f"  {escape(name)}", escape(shown), escape(units.get(name, "")))
     for name, error in sorted(status.last_errors.items()):
-        table.add_row(f"  {escape(name)}", f"[red]{escape(error)}[/red]")
-    return table
+        table.add_row(f"  {escape(name)}", f"[red]{escape(error)}[/red]", "")
+    return Group(heading, table)
 
 
 def _render_demo_summary(summary: Any, interrupted: bool) -> None:
@@ -1498,20 +1513,26 @@ def demo(
     console = _console(err=True)
     with DemoRig() as rig:
         daemon = rig.start()
+        assert rig.config is not None
+        units = {r.name: r.units for r in rig.config.modbus.registers if r.units}
         deadline = time.monotonic() + seconds
         interrupted = False
         try:
             with Live(console=console, refresh_per_second=4, transient=False) as live:
                 while time.monotonic() < deadline and daemon.running:
-                    live.update(_demo_dashboard(daemon.status(), deadline - time.monotonic()))
+                    left = deadline - time.monotonic()
+                    live.update(_demo_dashboard(daemon.status(), left, units))
                     time.sleep(0.25)
-                live.update(_demo_dashboard(daemon.status(), 0.0))
+                live.update(_demo_dashboard(daemon.status(), 0.0, units))
             if not console.is_terminal:
                 console.print()  # off a terminal, Live leaves its last frame unterminated
         except KeyboardInterrupt:
             interrupted = True
         summary = rig.finish()
     _render_demo_summary(summary, interrupted)
+    # On stderr with the dashboard: stdout keeps the one summary line scripts read.
+    for line in DEMO_NEXT_STEPS:
+        console.print(line, soft_wrap=True, highlight=False)
 
 
 def main() -> None:

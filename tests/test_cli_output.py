@@ -120,3 +120,54 @@ def test_sizes_pick_their_unit(size: int, shown: str) -> None:
     from nixlog.cli import _megabytes
 
     assert _megabytes(size) == shown
+
+
+def test_demo_dashboard_has_units_and_fits_100_columns() -> None:
+    """The dashboard shows values with their units under "value" (not "count"), one line
+    per row, no wider than 100 columns, its heading unwrapped."""
+    import io
+
+    from rich.console import Console
+
+    from nixlog.cli import _demo_dashboard
+    from nixlog.daemon import DaemonStatus
+
+    status = DaemonStatus(
+        polled=200,
+        stored=190,
+        shipped=180,
+        backlog=10,
+        uptime_sec=20.0,
+        last_values={"voltage_l1": 230.5, "energy_total": 12345.678, "breaker_closed": True},
+        last_errors={"temperature": "timeout"},
+    )
+    out = io.StringIO()
+    Console(file=out, width=100, color_system=None).print(
+        _demo_dashboard(status, 12.0, {"voltage_l1": "V", "energy_total": "kWh"})
+    )
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "nixlog demo — 12 s left (Ctrl-C ends it)"
+    assert max(len(line) for line in lines) <= 100
+    assert "count" not in lines[2] and "value" in lines[2]
+    row = next(line for line in lines if "voltage_l1" in line)
+    assert "230.5" in row and " V " in row
+    assert any("12345.678" in line and "kWh" in line for line in lines)
+    assert any("temperature" in line and "timeout" in line for line in lines)
+
+
+def test_demo_ends_with_three_next_steps(tmp_path: Path) -> None:
+    """After the summary the demo names three next steps: scan, config check, install."""
+    done = subprocess.run(
+        [sys.executable, "-m", "nixlog", "demo", "--seconds", "1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1].startswith("demo finished after")
+    steps = done.stderr.strip().splitlines()[-3:]
+    assert "nixlog scan-registers" in steps[0]
+    assert "nixlog config check" in steps[1]
+    assert "install.sh" in steps[2]
+    assert "Traceback" not in done.stderr
