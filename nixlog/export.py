@@ -1,4 +1,4 @@
-"""CSV export of stored readings (DESIGN §4), streamed in constant memory.
+"""CSV export of stored readings (``nixlog export``), streamed in constant memory.
 
 Columns: ``id,timestamp,device_id,<register names in config order, then any others>,sent``.
 "Any others" are value keys found in the selected rows that the config does not list (a
