@@ -330,8 +330,8 @@ def check_write(
     kind = kind.strip().lower()
     if kind not in WRITABLE_KINDS:
         raise UsageError(f'--kind: only holding registers and coils can be written, got "{kind}"')
-    if not 0 <= unit_id <= 247:
-        raise UsageError(f"--unit: must be 0-247, got {unit_id}")
+    if not 0 <= unit_id <= 255:
+        raise UsageError(f"--unit: must be 0-255, got {unit_id}")
     if not 0 <= address <= 65535:
         raise UsageError(f"--address: must be 0-65535, got {address}")
     text = value.strip().lower()
