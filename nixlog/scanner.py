@@ -502,7 +502,7 @@ def string_length(words: Sequence[int]) -> int:
 
 
 def _string_end(chars: int, letters: int, length: int) -> int:
-    enough = chars >= STRING_MIN_CHARS and letters and length >= 2
+    enough = chars >= STRING_MIN_CHARS and letters >= 1 and length >= 2
     return length if enough and (length > (chars + 1) // 2 or length >= 3) else 0
 
 
@@ -511,7 +511,7 @@ def best_pair(first: int, second: int) -> Interpretation | None:
 
     Ties go to the earlier entry: byte order ABCD, CDAB, BADC, DCBA; float before integers
     only by score, and between integers to the smaller magnitude (bytes in the wrong order
-    usually make a number bigger).
+    usually make a number bigger), a byte-swapped one only when 8 times smaller.
     """
     candidates = [i for i in interpret_pair(first, second) if i.plausible]
     if not candidates:
@@ -520,6 +520,8 @@ def best_pair(first: int, second: int) -> Interpretation | None:
 
     def key(item: Interpretation) -> tuple[float, float, int]:
         size = abs(item.value) if isinstance(item.value, int) else 0.0
+        if item.byte_order in ("BADC", "DCBA"):
+            size *= 8  # swapped bytes are rarer: they must make a much smaller number
         return (-item.score, size, order_rank[item.byte_order])
 
     return min(candidates, key=key)
