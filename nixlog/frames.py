@@ -262,6 +262,13 @@ def answer_pdu_length(request: bytes, prefix: bytes) -> int:
     raise ValueError(f"unsupported function {function}")
 
 
+def longest_answer_pdu(request: bytes) -> int:
+    """The longest answer PDU ``request`` can get (for the wire time of a deadline)."""
+    if request[0] == MEI_FUNCTION:
+        return MAX_PDU_LENGTH
+    return answer_pdu_length(request, b"")
+
+
 def check_answer(request: bytes, answer: bytes) -> int | None:
     """Check an answer PDU against its request: the exception code, or None when it is the
     answer; ``FrameError`` when it answers something else."""

@@ -37,6 +37,7 @@ from nixlog.frames import (
     check_answer,
     crc_ok,
     device_id_pdu,
+    longest_answer_pdu,
     parse_device_id,
     parse_mbap,
     parse_pdu,
@@ -461,7 +462,7 @@ class ModbusLink:
         self._discard_stale(port)
         frame = rtu_frame(unit, request)
         self._asked.add(unit)
-        expected = 3 + answer_pdu_length(request, b"")
+        expected = 3 + longest_answer_pdu(request)
         sent = time.monotonic()
         self._serial_io(port.write, frame)
         first_sent, self._first_sent = self._first_sent, self._first_sent or sent
