@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -275,3 +276,117 @@ def test_read_and_write_over_rtu(
     read = runner.invoke(app, ["read", "--port", client_end, "-r", "110", "--type", "int16"])
     assert read.exit_code == 0, read.stderr
     assert "0xFFFB" in read.stdout and "-5" in read.stdout
+
+
+class RawTcpDevice:
+    """A raw-socket Modbus TCP device whose answer PDU to each request PDU is ``answer(pdu)``
+    (None: stay silent); reads of holding registers answer with the address as value."""
+
+    def __init__(self, answer: Callable[[bytes], bytes | None]) -> None:
+        import threading
+
+        self.answer = answer
+        self.pdus: list[bytes] = []
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self._server.settimeout(0.1)
+        self.address = f"tcp://127.0.0.1:{self._server.getsockname()[1]}"
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import struct
+
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._server.accept()
+            except OSError:
+                continue
+            conn.settimeout(0.1)
+            with conn:
+                buffer = b""
+                while not self._stop.is_set():
+                    try:
+                        chunk = conn.recv(512)
+                    except TimeoutError:
+                        continue
+                    except OSError:
+                        break
+                    if not chunk:
+                        break
+                    buffer += chunk
+                    while len(buffer) >= 7:
+                        transaction, _, length, unit = struct.unpack(">HHHB", buffer[:7])
+                        if len(buffer) < 6 + length:
+                            break
+                        pdu, buffer = buffer[7 : 6 + length], buffer[6 + length :]
+                        self.pdus.append(pdu)
+                        reply = self.answer(pdu)
+                        if reply is not None:
+                            header = struct.pack(">HHHB", transaction, 0, len(reply) + 1, unit)
+                            conn.sendall(header + reply)
+
+    def stop(self) -> None:
+        """Stop serving."""
+        self._stop.set()
+        self._thread.join(5)
+        self._server.close()
+
+
+def _meter_without_identification(pdu: bytes) -> bytes | None:
+    """Reads answer (value = address); FC 43 answers exception 1; writes echo wrongly."""
+    import struct
+
+    if pdu[0] == 3:
+        start, count = struct.unpack(">HH", pdu[1:5])
+        return bytes([3, 2 * count]) + b"".join(
+            (start + i).to_bytes(2, "big") for i in range(count)
+        )
+    if pdu[0] == 0x2B:
+        return bytes([0xAB, 1])
+    if pdu[0] == 6:
+        return pdu[:3] + b"\x00\x00"  # an echo of another value: not the write asked for
+    return bytes([pdu[0] | 0x80, 1])
+
+
+@pytest.fixture
+def raw_meter() -> Iterator[RawTcpDevice]:
+    """A meter that does not offer FC 43/14 and garbles its write echo."""
+    device = RawTcpDevice(_meter_without_identification)
+    yield device
+    device.stop()
+
+
+def test_identify_on_a_device_without_it(raw_meter: RawTcpDevice, tmp_path: Path) -> None:
+    """--identify on a meter that answers exception 1: the scan goes on, one line says so."""
+    result = runner.invoke(
+        app,
+        [
+            "scan-registers",
+            "--port",
+            raw_meter.address,
+            "--units",
+            "1",
+            "--count",
+            "4",
+            "--identify",
+        ],
+        env={"NIXLOG_CONFIG": ""},
+    )
+    _clean(result)
+    assert result.exit_code == 0, result.stderr
+    assert "Unit 1: no device identification (exception 1 (illegal function))" in result.stdout
+    assert bytes([0x2B, 0x0E, 1, 0]) in raw_meter.pdus
+
+
+def test_write_with_a_wrong_echo_is_not_confirmed(raw_meter: RawTcpDevice) -> None:
+    """An answer that does not echo the write: exit 69, "may or may not have been done",
+    and the write was sent once (never retried)."""
+    result = runner.invoke(
+        app, ["write", "--port", raw_meter.address, "-r", "5", "--value", "9", "--yes"]
+    )
+    _clean(result)
+    assert result.exit_code == 69
+    assert "write not confirmed (write answer does not echo the request)" in result.stderr
+    assert "may or may not have been done" in result.stderr
+    assert [pdu for pdu in raw_meter.pdus if pdu[0] == 6] == [bytes([6, 0, 5, 0, 9])]
