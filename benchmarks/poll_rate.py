@@ -6,7 +6,7 @@ For the 12-register example map, measured side by side in one run:
   * cycles per second of a bare pymodbus loop issuing the same planned requests, nothing else;
   * cycles per second of a bare pymodbus loop issuing one request per register (no planning).
 The simulator runs in a separate process. Loopback has no wire time, so the figures show
-our per-cycle overhead; on RS-485 the request count dominates (DESIGN §5: ~42 ms for a
+our per-cycle overhead; on RS-485 the request count dominates (~42 ms for a
 10-register read at 9600 baud).
 
 Run: python benchmarks/poll_rate.py [--seconds 3]

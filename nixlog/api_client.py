@@ -1,11 +1,11 @@
 """Shipping adapter: the only module that imports httpx.
 
-``transform_for_api`` builds the JSON body of DESIGN §7 and is pure. ``ApiClient.publish_data``
+``transform_for_api`` builds the JSON body of one batch and is pure. ``ApiClient.publish_data``
 posts one batch and turns every answer and every httpx exception into a ``PublishResult`` whose
 ``kind`` tells the shipping station what to do with the rows; it never raises for anything the
 network or the server can do.
 
-Status classes (DESIGN §7, with the cases the design leaves open decided here):
+Status classes (ARCHITECTURE.md: Shipping; the cases it leaves open are decided here):
 
 - 2xx: ``delivered``.
 - network error, timeout, 408, 425, 429, 5xx except 501/505, anything unexpected (1xx):
@@ -115,7 +115,7 @@ def _json_safe(
 
 
 def transform_for_api(device_id: str, epoch: str, rows: Sequence[StoredReading]) -> dict[str, Any]:
-    """The JSON body of DESIGN §7 for ``rows`` (pure).
+    """The JSON body of one batch for ``rows`` (pure).
 
     Every reading carries ``id`` (``<device_id>-<epoch>-<seq>``), ``seq`` (the row id),
     ``timestamp`` and ``values``; ``errors`` only when a register failed.

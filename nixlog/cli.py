@@ -23,13 +23,28 @@ import typer
 from rich.console import Console, Group
 from rich.markup import escape
 from rich.table import Table
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 from nixlog import __version__
 from nixlog.config import Config, load_config, resolve_config_path
 from nixlog.errors import EXIT_INTERRUPTED, EXIT_USAGE, NixlogError
 
 _F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _flags_without_metavar(params: list[Any]) -> list[Any]:
+    """On/off flags take no value: no ``<bool>`` next to them in the help."""
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
+class _NixlogCommand(TyperCommand):
+    """A command whose help shows no ``<bool>`` for flags."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _flags_without_metavar(super().get_params(ctx))
 
 
 class _NixlogGroup(TyperGroup):
@@ -39,6 +54,9 @@ class _NixlogGroup(TyperGroup):
     1. Running the group with ``standalone_mode=False`` hands both to us instead; CliRunner
     calls this same ``main``, so tests see what a terminal sees.
     """
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _flags_without_metavar(super().get_params(ctx))
 
     def main(
         self,
@@ -107,8 +125,10 @@ app = typer.Typer(
     # A bug keeps its traceback, but never with local variables: they could hold the API key.
     pretty_exceptions_show_locals=False,
 )
-db_app = typer.Typer(help="Inspect the local database.", no_args_is_help=True)
-config_app = typer.Typer(help="Validate configuration.", no_args_is_help=True)
+db_app = typer.Typer(
+    cls=_NixlogGroup, help="Inspect the local database.", no_args_is_help=True
+)
+config_app = typer.Typer(cls=_NixlogGroup, help="Validate configuration.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(config_app, name="config")
 
@@ -129,6 +149,11 @@ def _console(err: bool = False) -> Console:
     stream = sys.stderr if err else sys.stdout
     width = None if stream.isatty() else 200
     return _PipeConsole(file=stream, highlight=False, width=width)
+
+
+def _plural(count: int, singular: str, plural: str | None = None) -> str:
+    """``1 register``, ``2 registers``."""
+    return f"{count} {singular if count == 1 else (plural or singular + 's')}"
 
 
 class _State:
@@ -195,7 +220,7 @@ def _command(group: typer.Typer, name: str) -> Callable[[_F], _F]:
                 raise typer.Exit(0) from None
 
         _add_verbose_option(wrapper, function)
-        group.command(name)(wrapper)
+        group.command(name, cls=_NixlogCommand)(wrapper)
         return function
 
     return decorate
@@ -326,7 +351,7 @@ def _poll_table(poller: Any, reading: Any) -> Group:
     header = (
         f"[bold]{escape(poller.link.description)}[/bold]  {reading.timestamp}  "
         f"cycle {stats.cycles} (all failed {stats.failed_cycles}, skipped slots "
-        f"{stats.skipped_slots}), {stats.requests} requests"
+        f"{stats.skipped_slots}), {_plural(stats.requests, 'request')}"
     )
     table = Table()
     table.add_column("name")
@@ -397,7 +422,7 @@ def _close_poll_store(store: Any, cfg: Config) -> None:
         database.close(store.conn)
         store.writer_lock.release()
     _console(err=True).print(
-        f"Saved {store.stored} readings to {escape(str(cfg.database.path))}"
+        f"Saved {_plural(store.stored, 'reading')} to {escape(str(cfg.database.path))}"
     )
 
 
@@ -434,7 +459,7 @@ def poll(
         on_reading = store.add if store is not None else (lambda reading: None)
         stdout = _console()
         live_view = stdout.is_terminal and not json_output
-        # Into a pipe or file, without --json: no redrawing, only the last table at the end.
+        # Into a pipe or file, without --json: no redrawing, one table per cycle as it comes.
         with Live(console=stdout, auto_refresh=False) if live_view else nullcontext() as live:
 
             def on_cycle(reading: Any) -> None:
@@ -448,6 +473,8 @@ def poll(
                     typer.echo(json.dumps(record, ensure_ascii=False))
                 elif live is not None:
                     live.update(_poll_table(poller, reading), refresh=True)
+                else:
+                    stdout.print(_poll_table(poller, reading))
 
             core.run_poll_loop(
                 poller,
@@ -461,8 +488,6 @@ def poll(
         poller.close()
         if store is not None:
             _close_poll_store(store, cfg)
-        if not json_output and not _console().is_terminal and poller.last_cycle is not None:
-            _console().print(_poll_table(poller, poller.last_cycle))
     _poll_exit(outcome, poller, cfg)
 
 
@@ -506,7 +531,7 @@ def _publish_dry_run(client: Any, rows: list[Any], endpoint: str) -> None:
         return
     headers = client.headers(rows)  # masked: the key never reaches a terminal or a log
     stderr.print(
-        f"Would POST {len(rows)} readings (seq {rows[0].id}..{rows[-1].id}) to "
+        f"Would POST {_plural(len(rows), 'reading')} (seq {rows[0].id}..{rows[-1].id}) to "
         f"{escape(endpoint)}"
     )
     for name, value in headers.items():
@@ -517,13 +542,15 @@ def _publish_dry_run(client: Any, rows: list[Any], endpoint: str) -> None:
 def _render_publish(summary: Any, backlog: int) -> None:
     """One summary line on stdout: delivered, rejected (by seq), what remains."""
     remaining = max(backlog - summary.delivered - summary.rejected, 0)
-    requests = "request" if summary.requests == 1 else "requests"
-    line = f"Delivered {summary.delivered} readings in {summary.requests} {requests}"
+    line = (
+        f"Delivered {_plural(summary.delivered, 'reading')} in "
+        f"{_plural(summary.requests, 'request')}"
+    )
     if summary.rejected:
         ids = ", ".join(str(i) for i in summary.rejected_ids[:10])
         more = ", ..." if len(summary.rejected_ids) > 10 else ""
         line += f"; {summary.rejected} rejected by the API (seq {ids}{more}), kept for export"
-    _console().print(f"{line}; {remaining} unsent remain.")
+    _console().print(f"{line}; {remaining} unsent {'remains' if remaining == 1 else 'remain'}.")
 
 
 @_command(app, "publish")
@@ -596,9 +623,14 @@ def publish(
 
 
 def _megabytes(size: int) -> str:
-    if size >= 10_000_000_000:
-        return f"{size / 1_000_000_000:.1f} GB"
-    return f"{size / 1_000_000:.1f} MB"
+    """A size as people read it: ``512 B``, ``36 kB``, ``4.2 MB``, ``1.5 GB`` (SI units)."""
+    if size < 1000:
+        return f"{size} B"
+    if size < 1_000_000:
+        return f"{size / 1000:.0f} kB"
+    if size < 1_000_000_000:
+        return f"{size / 1_000_000:.1f} MB"
+    return f"{size / 1_000_000_000:.1f} GB"
 
 
 def _render_prune(report: Any) -> None:
@@ -738,16 +770,17 @@ def _scan_cell(pair: list[Any], order: str, chosen: Any) -> str:
     return "\n".join(lines)
 
 
-def _scan_tables(result: Any) -> list[Any]:
-    """Per unit and kind: every responding address in every interpretation."""
+def _scan_tables(result: Any, wide: bool = False) -> list[Any]:
+    """Per unit and kind: every responding address, its 16-bit readings and the draft's
+    choice (fits 100 columns); ``wide`` adds every 32-bit reading in all four byte orders."""
     from nixlog.config import BIT_KINDS
     from nixlog.scanner import BYTE_ORDERS_32, interpret_pair, to_int16
 
     chosen = {(r.unit_id, r.kind, r.address): r for r in result.draft()}
     covered = {
-        (r.unit_id, r.kind, r.address + 1): r
+        (r.unit_id, r.kind, r.address + offset): r
         for r in chosen.values()
-        if r.type in ("int32", "uint32", "float32")
+        for offset in range(1, r.width)
     }
     renderables: list[Any] = []
     for unit in result.units:
@@ -758,7 +791,7 @@ def _scan_tables(result: Any) -> list[Any]:
                 title += " (scan incomplete)"
             # A heading line, not a table title: a title wraps to the width of a narrow table.
             renderables.append(f"[bold]{title}[/bold]")
-            table = Table(show_lines=kind not in BIT_KINDS)
+            table = Table(show_lines=wide and kind not in BIT_KINDS)
             if kind in BIT_KINDS:
                 for column in ("address", "value", "draft"):
                     table.add_column(column)
@@ -772,32 +805,34 @@ def _scan_tables(result: Any) -> list[Any]:
             else:
                 for column in ("address", "hex", "uint16", "int16"):
                     table.add_column(column, justify="right")
-                for order in BYTE_ORDERS_32:
-                    table.add_column(f"{order} (this+next)")
-                table.add_column("draft")
+                if wide:
+                    for order in BYTE_ORDERS_32:
+                        table.add_column(f"{order} (this+next)")
+                table.add_column("draft", overflow="fold")
                 for address in sorted(scan.values):
                     word = int(scan.values[address])
-                    following = scan.values.get(address + 1)
-                    pair = interpret_pair(word, int(following)) if following is not None else []
                     key = (unit.unit_id, kind, address)
                     draft = chosen.get(key)
                     if draft is not None:
                         draft_text = f"{draft.name} {draft.type}"
-                        if draft.type not in ("uint16", "int16"):
+                        if draft.type not in ("uint16", "int16", "string"):
                             draft_text += f" {draft.byte_order}"
-                        draft_text = f"[bold]{escape(draft_text)}[/bold] = {draft.value}"
+                        shown = repr(draft.value) if draft.type == "string" else draft.value
+                        draft_text = f"[bold]{escape(draft_text)}[/bold] = {escape(str(shown))}"
                     elif key in covered:
                         draft_text = f"(part of {escape(covered[key].name)})"
+                    elif word == 0 and result.skip_zeros:
+                        draft_text = "[dim]0: left out[/dim]"
                     else:
                         draft_text = ""
-                    table.add_row(
-                        str(address),
-                        f"0x{word:04X}",
-                        str(word),
-                        str(to_int16(word)),
-                        *(_scan_cell(pair, order, draft) for order in BYTE_ORDERS_32),
-                        draft_text,
-                    )
+                    cells = [str(address), f"0x{word:04X}", str(word), str(to_int16(word))]
+                    if wide:
+                        following = scan.values.get(address + 1)
+                        pair = (
+                            interpret_pair(word, int(following)) if following is not None else []
+                        )
+                        cells += [_scan_cell(pair, order, draft) for order in BYTE_ORDERS_32]
+                    table.add_row(*cells, draft_text)
             renderables.append(table)
             for failure in scan.failures:
                 end = failure.start + failure.count - 1
@@ -812,12 +847,30 @@ def _scan_summary(result: Any) -> str:
     ids = ", ".join(str(unit.unit_id) for unit in result.units) or "none"
     registers = sum(unit.register_count for unit in result.units)
     state = " (interrupted)" if result.interrupted else ""
+    if result.sweep_stopped:
+        state = " (unit sweep stopped by Ctrl-C)"
     return (
         f"Scan of {escape(result.port)}{state}: {len(result.units)} of "
-        f"{result.units_done} probed unit ids answered ({ids}); {registers} responding "
-        f"addresses; {result.requests} requests (one per register: "
+        f"{_plural(result.units_done, 'probed unit id')} answered ({ids}); "
+        f"{_plural(registers, 'responding address', 'responding addresses')}; "
+        f"{_plural(result.requests, 'request')} (one per register: "
         f"{result.one_register_per_request}) in {result.elapsed_sec:.1f} s."
     )
+
+
+def _scan_identities(result: Any) -> list[str]:
+    """One line per unit asked for its identification (``--identify``)."""
+    lines = []
+    for unit in result.units:
+        if unit.identity:
+            text = ", ".join(f"{name}: {value}" for name, value in unit.identity.items())
+            lines.append(f"Unit {unit.unit_id} identifies as {escape(text)}")
+        elif unit.identity_error is not None:
+            lines.append(
+                f"Unit {unit.unit_id}: no device identification "
+                f"({escape(unit.identity_error)})"
+            )
+    return lines
 
 
 def _scan_progress_bar(progress: Any) -> Any:
@@ -825,13 +878,19 @@ def _scan_progress_bar(progress: Any) -> Any:
     tasks: dict[str, Any] = {}
 
     def on_progress(event: Any) -> None:
+        if event.detail.startswith("sweep stopped"):
+            progress.console.print(
+                "Unit sweep stopped; scanning the units found so far (Ctrl-C again to stop)."
+            )
         if event.phase not in tasks:
-            tasks[event.phase] = progress.add_task(event.phase, total=event.total)
+            tasks[event.phase] = progress.add_task(event.phase, total=event.total, found="")
+        noun = "unit" if event.phase == "units" else "register"
         progress.update(
             tasks[event.phase],
             completed=event.done,
             total=event.total,
             description=f"{event.phase}: {escape(event.detail)}",
+            found=f"{_plural(event.found, noun)} found",
         )
 
     return on_progress
@@ -863,12 +922,32 @@ def scan_registers(
     output: Annotated[
         Path | None, typer.Option("--output", help="Write a registers_to_read TOML draft here.")
     ] = None,
+    wide: Annotated[
+        bool, typer.Option("--wide", help="Show every 32-bit reading in all four byte orders.")
+    ] = False,
+    skip_zeros: Annotated[
+        bool,
+        typer.Option(
+            "--skip-zeros/--keep-zeros",
+            help="Leave registers that read 0 out of the draft (listed in its comment).",
+        ),
+    ] = True,
+    identify: Annotated[
+        bool,
+        typer.Option("--identify", help="Ask each unit for vendor, product, version (FC 43/14)."),
+    ] = False,
     json_output: JsonOption = False,
 ) -> None:
-    """Commissioning: find responding unit ids and registers, show every interpretation."""
+    """Commissioning: find responding unit ids and registers and draft a register map."""
     import json
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
     from nixlog import scanner
     from nixlog.errors import DeviceError
@@ -894,13 +973,23 @@ def scan_registers(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
+        TextColumn("{task.fields[found]}"),
+        TimeRemainingColumn(),
         console=stderr,
         transient=True,
         disable=not stderr.is_terminal,
     )
     job = scanner.Scanner(
-        link, modbus, unit_ids, kinds, start, count, on_progress=_scan_progress_bar(progress)
+        link,
+        modbus,
+        unit_ids,
+        kinds,
+        start,
+        count,
+        on_progress=_scan_progress_bar(progress),
+        identify=identify,
     )
+    job.result.skip_zeros = skip_zeros
     try:
         with progress:
             job.run()
@@ -914,15 +1003,19 @@ def scan_registers(
         typer.echo(json.dumps(scanner.result_as_dict(result), ensure_ascii=False))
     else:
         stdout = _console()
-        for renderable in _scan_tables(result):
+        for line in _scan_identities(result):
+            stdout.print(line, soft_wrap=True)
+        for renderable in _scan_tables(result, wide):
             stdout.print(renderable)
         stdout.print(_scan_summary(result), soft_wrap=True)
     if output is not None and (result.draft() or not result.interrupted):
         text = scanner.draft_toml(result, modbus)
         scanner.write_draft(output, text)
+        skipped = sum(len(addresses) for _, _, addresses in result.skipped())
+        left_out = f" ({_plural(skipped, 'zero register')} left out)" if skipped else ""
         stderr.print(
-            f"Wrote {len(result.draft())} registers to {escape(str(output))}; check it with "
-            f"`nixlog config check -c {escape(str(output))}`.",
+            f"Wrote {_plural(len(result.draft()), 'register')} to {escape(str(output))}"
+            f"{left_out}; check it with `nixlog config check -c {escape(str(output))}`.",
             soft_wrap=True,
         )
     if result.interrupted:
@@ -930,6 +1023,179 @@ def scan_registers(
         raise typer.Exit(EXIT_INTERRUPTED)
     if result.link_error is not None:
         raise DeviceError(result.link_error)
+
+
+# --------------------------------------------------------------------------- read / write
+
+
+def _read_block(result: Any) -> Group:
+    """One read as a heading line and a table: address, raw words (hex), value."""
+    spec = result.spec
+    described = "" if spec.kind in ("coil", "discrete") else f" {spec.type} {spec.byte_order}"
+    header = f"{result.timestamp}  unit {spec.unit_id} {spec.kind}{described}"
+    if result.error is not None:
+        return Group(header, f"[red]{escape(result.error)}[/red]")
+    table = Table()
+    table.add_column("address", justify="right")
+    table.add_column("raw")
+    table.add_column("value", justify="right")
+    for item in result.values:
+        if isinstance(item.value, bool) or spec.kind in ("coil", "discrete"):
+            raw = "1" if item.raw[0] else "0"
+        else:
+            raw = " ".join(f"0x{int(word):04X}" for word in item.raw)
+        value = "nan/inf" if item.value is None else _format_value(item.value)
+        table.add_row(str(item.address), raw, escape(value))
+    return Group(header, table)
+
+
+@_command(app, "read")
+def read(
+    config: ConfigOption = None,
+    port: Annotated[
+        str | None,
+        typer.Option("--port", help="Serial path (/dev/ttyUSB0) or tcp://host:port."),
+    ] = None,
+    unit: Annotated[int, typer.Option("--unit", "-a", help="Unit id (slave address).")] = 1,
+    kind: Annotated[
+        str, typer.Option("--kind", help="holding, input, coil or discrete.")
+    ] = "holding",
+    address: Annotated[
+        int, typer.Option("--address", "-r", min=0, max=65535, help="First address (0-based).")
+    ] = 0,
+    count: Annotated[
+        int,
+        typer.Option("--count", min=1, help="Values to read (registers of a string)."),
+    ] = 1,
+    value_type: Annotated[
+        str,
+        typer.Option("--type", help="uint16, int16, uint32, int32, float32, *64, string."),
+    ] = "uint16",
+    byte_order: Annotated[
+        str, typer.Option("--byte-order", help="ABCD, CDAB, BADC or DCBA.")
+    ] = "ABCD",
+    scale: Annotated[float, typer.Option("--scale", help="Multiply numbers by this.")] = 1.0,
+    watch: Annotated[
+        bool, typer.Option("--watch", "-w", help="Read again every --interval until Ctrl-C.")
+    ] = False,
+    interval: Annotated[
+        float, typer.Option("--interval", min=0.05, help="Seconds between reads (--watch).")
+    ] = 1.0,
+    cycles: Annotated[
+        int | None, typer.Option("--cycles", min=1, help="Stop after N reads (implies --watch).")
+    ] = None,
+    baudrate: Annotated[int | None, typer.Option("--baudrate", help="Serial speed.")] = None,
+    parity: Annotated[str | None, typer.Option("--parity", help="N, E or O.")] = None,
+    stopbits: Annotated[int | None, typer.Option("--stopbits", help="1 or 2.")] = None,
+    timeout: Annotated[
+        float | None, typer.Option("--timeout", help="Seconds to wait for an answer.")
+    ] = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Read registers once (or --watch) without a config: the technician's first look."""
+    import json
+    from contextlib import nullcontext
+
+    from rich.live import Live
+
+    from nixlog import adhoc
+    from nixlog.modbus_client import create_client
+
+    spec = adhoc.check_spec(unit, kind, address, count, value_type, byte_order, scale)
+    base = _load(config).modbus if config is not None else None
+    modbus = adhoc.link_settings(
+        base, port=port, baudrate=baudrate, parity=parity, stopbits=stopbits, timeout=timeout
+    )
+    link = create_client(modbus)
+    stdout = _console()
+    repeat = watch or cycles is not None
+    live_view = repeat and stdout.is_terminal and not json_output
+    try:
+        with Live(console=stdout, auto_refresh=False) if live_view else nullcontext() as live:
+
+            def on_result(result: Any) -> None:
+                if json_output:
+                    typer.echo(json.dumps(result.as_dict(), ensure_ascii=False))
+                elif live is not None:
+                    live.update(_read_block(result), refresh=True)
+                elif result.error is None or repeat:
+                    # Off a terminal (or once): one block per read, nothing redrawn.
+                    stdout.print(_read_block(result))
+
+            outcome = adhoc.read_series(
+                link,
+                spec,
+                cycles=cycles if repeat else 1,
+                interval=interval,
+                on_result=on_result,
+            )
+    finally:
+        link.close()
+    error = adhoc.series_error(outcome, link.description, modbus)
+    if error is not None:
+        raise error
+
+
+@_command(app, "write")
+def write(
+    config: ConfigOption = None,
+    port: Annotated[
+        str | None,
+        typer.Option("--port", help="Serial path (/dev/ttyUSB0) or tcp://host:port."),
+    ] = None,
+    unit: Annotated[int, typer.Option("--unit", "-a", help="Unit id (slave address).")] = 1,
+    kind: Annotated[str, typer.Option("--kind", help="holding or coil.")] = "holding",
+    address: Annotated[
+        int, typer.Option("--address", "-r", min=0, max=65535, help="Address (0-based).")
+    ] = 0,
+    value: Annotated[
+        str,
+        typer.Option("--value", help="The number to write; a coil takes 1/0, on/off."),
+    ] = "",
+    value_type: Annotated[
+        str, typer.Option("--type", help="uint16, int16, uint32, int32, float32, *64.")
+    ] = "uint16",
+    byte_order: Annotated[
+        str, typer.Option("--byte-order", help="ABCD, CDAB, BADC or DCBA.")
+    ] = "ABCD",
+    yes: Annotated[
+        bool, typer.Option("--yes", help="Really write (required: a write acts on the plant).")
+    ] = False,
+    baudrate: Annotated[int | None, typer.Option("--baudrate", help="Serial speed.")] = None,
+    parity: Annotated[str | None, typer.Option("--parity", help="N, E or O.")] = None,
+    stopbits: Annotated[int | None, typer.Option("--stopbits", help="1 or 2.")] = None,
+    timeout: Annotated[
+        float | None, typer.Option("--timeout", help="Seconds to wait for an answer.")
+    ] = None,
+) -> None:
+    """Write one holding register (or one 32/64-bit value) or one coil; needs --yes."""
+    from nixlog import adhoc
+    from nixlog.errors import UsageError
+    from nixlog.modbus_client import create_client
+
+    if not value:
+        raise UsageError("--value: give the value to write")
+    spec = adhoc.check_write(unit, kind, address, value, value_type, byte_order)
+    base = _load(config).modbus if config is not None else None
+    modbus = adhoc.link_settings(
+        base, port=port, baudrate=baudrate, parity=parity, stopbits=stopbits, timeout=timeout
+    )
+    where = f"unit {spec.unit_id} {spec.kind} {spec.address}"
+    if not yes:
+        raise UsageError(
+            f"not written: writing {spec.shown} to {where} on {modbus.port} acts on the "
+            "device; add --yes to do it"
+        )
+    link = create_client(modbus)
+    try:
+        result = adhoc.write_value(link, spec)
+    finally:
+        link.close()
+    if result.read_back is None:
+        back = f"read back failed: {result.read_back_error}"
+    else:
+        back = f"reads back {_format_value(result.read_back)}"
+    _console().print(f"Wrote {escape(spec.shown)} to {escape(where)}; {escape(back)}.")
 
 
 # --------------------------------------------------------------------------- export
@@ -952,6 +1218,9 @@ def export(
     unsent: Annotated[
         bool, typer.Option("--unsent", help="Only readings not yet shipped.")
     ] = False,
+    with_units: Annotated[
+        bool, typer.Option("--units", help="Add each register's units to the header: v [V].")
+    ] = False,
 ) -> None:
     """Stream stored readings as CSV."""
     from nixlog import database
@@ -964,19 +1233,26 @@ def export(
         _check_output(output)
     cfg = _load(config)
     names = [register.name for register in cfg.modbus.registers]
+    units = {r.name: r.units for r in cfg.modbus.registers if r.units} if with_units else None
     conn = database.open_db(cfg.database.path, create=False)
     try:
         if output is None:
             try:
                 export_csv(
-                    conn, sys.stdout, names, since=since_at, until=until_at, unsent_only=unsent
+                    conn,
+                    sys.stdout,
+                    names,
+                    since=since_at,
+                    until=until_at,
+                    unsent_only=unsent,
+                    units=units,
                 )
                 sys.stdout.flush()
             except BrokenPipeError:
                 _silence_stdout()  # `nixlog export | head` closed the pipe: not an error
             return
         span = database.id_span(conn)
-        _export_to_file(conn, output, names, since_at, until_at, unsent, span)
+        _export_to_file(conn, output, names, since_at, until_at, unsent, span, units)
     finally:
         database.close(conn)
 
@@ -1034,6 +1310,7 @@ def _export_to_file(
     until_at: Any,
     unsent: bool,
     span: tuple[int, int] | None,
+    units: dict[str, str] | None = None,
 ) -> None:
     """Write to ``output.part`` and rename at the end: no half file under the real name."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -1072,12 +1349,13 @@ def _export_to_file(
                 until=until_at,
                 unsent_only=unsent,
                 on_progress=lambda rid: progress.update(task, completed=rid - first + 1),
+                units=units,
             )
         partial.replace(output)
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
-    _console(err=True).print(f"Wrote {rows} readings to {escape(str(output))}.")
+    _console(err=True).print(f"Wrote {_plural(rows, 'reading')} to {escape(str(output))}.")
 
 
 # --------------------------------------------------------------------------- db stats
@@ -1164,7 +1442,7 @@ def simulate(
 
     def announce(address: str) -> None:
         stderr.print(
-            f"Simulating {len(registers)} registers (unit {', '.join(map(str, units))}) "
+            f"Simulating {_plural(len(registers), 'register')} (unit {', '.join(map(str, units))}) "
             f"from {escape(source)} on {escape(address)}; Ctrl-C to stop."
         )
 
@@ -1174,22 +1452,37 @@ def simulate(
 # --------------------------------------------------------------------------- demo
 
 
-def _demo_dashboard(status: Any, seconds_left: float) -> Table:
-    """The live demo view: the belt's counters and the latest values."""
-    table = Table(title=f"nixlog demo — {max(0.0, seconds_left):.0f} s left (Ctrl-C ends it)")
-    table.add_column("station")
-    table.add_column("count", justify="right")
+DEMO_NEXT_STEPS = (
+    "Next steps with a real device:",
+    "  1. find its registers:  nixlog scan-registers --port /dev/ttyUSB0 --output config.toml",
+    "  2. check the map:       nixlog config check -c config.toml",
+    "  3. run it as a service: sudo ./install.sh   (see README: Install on a Raspberry Pi)",
+)
+
+
+def _demo_dashboard(
+    status: Any, seconds_left: float, units: dict[str, str] | None = None
+) -> Group:
+    """The live demo view: a heading line, the belt's counters and the latest values with
+    their units (a heading, not a table title: a title wraps to the table's width)."""
+    units = units or {}
+    heading = f"[bold]nixlog demo[/bold] — {max(0.0, seconds_left):.0f} s left (Ctrl-C ends it)"
+    table = Table()
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    table.add_column("units")
     rate = status.polled / status.uptime_sec if status.uptime_sec > 0 else 0.0
-    table.add_row("polled", f"{status.polled} ({rate:.1f}/s)")
-    table.add_row("stored", str(status.stored))
-    table.add_row("shipped", str(status.shipped))
-    table.add_row("backlog", str(status.backlog))
+    table.add_row("readings polled", str(status.polled), f"({rate:.1f}/s)")
+    table.add_row("stored", str(status.stored), "")
+    table.add_row("shipped to the API", str(status.shipped), "")
+    table.add_row("backlog (unsent)", str(status.backlog), "")
     for name, value in sorted(status.last_values.items()):
-        shown = f"{value:.3f}" if isinstance(value, float) else str(value)
-        table.add_row(f"  {escape(name)}", escape(shown))
+        shown = f"{value:.3f}".rstrip("0").rstrip(".") if isinstance(value, float) else None
+        shown = shown if shown is not None else _format_value(value)
+        table.add_row(f"  {escape(name)}", escape(shown), escape(units.get(name, "")))
     for name, error in sorted(status.last_errors.items()):
-        table.add_row(f"  {escape(name)}", f"[red]{escape(error)}[/red]")
-    return table
+        table.add_row(f"  {escape(name)}", f"[red]{escape(error)}[/red]", "")
+    return Group(heading, table)
 
 
 def _render_demo_summary(summary: Any, interrupted: bool) -> None:
@@ -1220,20 +1513,26 @@ def demo(
     console = _console(err=True)
     with DemoRig() as rig:
         daemon = rig.start()
+        assert rig.config is not None
+        units = {r.name: r.units for r in rig.config.modbus.registers if r.units}
         deadline = time.monotonic() + seconds
         interrupted = False
         try:
             with Live(console=console, refresh_per_second=4, transient=False) as live:
                 while time.monotonic() < deadline and daemon.running:
-                    live.update(_demo_dashboard(daemon.status(), deadline - time.monotonic()))
+                    left = deadline - time.monotonic()
+                    live.update(_demo_dashboard(daemon.status(), left, units))
                     time.sleep(0.25)
-                live.update(_demo_dashboard(daemon.status(), 0.0))
+                live.update(_demo_dashboard(daemon.status(), 0.0, units))
             if not console.is_terminal:
                 console.print()  # off a terminal, Live leaves its last frame unterminated
         except KeyboardInterrupt:
             interrupted = True
         summary = rig.finish()
     _render_demo_summary(summary, interrupted)
+    # On stderr with the dashboard: stdout keeps the one summary line scripts read.
+    for line in DEMO_NEXT_STEPS:
+        console.print(line, soft_wrap=True, highlight=False)
 
 
 def main() -> None:

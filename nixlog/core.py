@@ -1,7 +1,8 @@
 """The stations of the conveyor belt as plain functions, and the loops that drive them.
 
-poll → store → ship → maintain (DESIGN §1). ``nixlog poll``/``publish``/``prune`` call these
-functions once; the daemon's two loops call the very same functions forever.
+poll → store → ship → maintain (ARCHITECTURE.md: Bird's-eye view). ``nixlog
+poll``/``publish``/``prune`` call these functions once; the daemon's two loops call the very same
+functions forever.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""SQLite storage: the only module with SQL (DESIGN §6).
+"""SQLite storage: the only module with SQL (ARCHITECTURE.md: Storage).
 
 What users and scripts query is the seed's ``readings`` with ``sent_flag`` (0 unsent, 1 sent,
 2 rejected). Underneath, "sent" is NOT a per-row flag: rewriting a row to flip its flag costs
@@ -758,6 +758,7 @@ class DbStats:
             "free_disk_bytes",
             "last_publish",
             "pruned_sent",
+            "pruned_rejected",
             "pruned_unsent",
             "epoch",
             "lost_unwritten",

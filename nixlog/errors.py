@@ -1,13 +1,13 @@
 """The one exception tree of nixlog.
 
-Every error a user can cause or meet in the field is a ``NixlogError`` subclass carrying the
-process exit code of DESIGN §4. The CLI turns them into one ``Error: ...`` line; anything else
-is a bug and keeps its traceback.
+Every error a user can cause or meet in the field is a ``NixlogError`` subclass carrying the process
+exit code (ARCHITECTURE.md: Errors and exit codes). The CLI turns them into one ``Error: ...`` line;
+anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
-# Exit codes (DESIGN §4); sysexits.h values where one fits.
+# Exit codes (ARCHITECTURE.md: Errors and exit codes); sysexits.h values where one fits.
 EXIT_OK = 0
 EXIT_PARTIAL = 1
 EXIT_USAGE = 2

@@ -1,4 +1,4 @@
-"""CSV export of stored readings (DESIGN §4), streamed in constant memory.
+"""CSV export of stored readings (``nixlog export``), streamed in constant memory.
 
 Columns: ``id,timestamp,device_id,<register names in config order, then any others>,sent``.
 "Any others" are value keys found in the selected rows that the config does not list (a
@@ -20,7 +20,7 @@ import csv
 import json
 import re
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Final, TextIO
 
@@ -126,8 +126,11 @@ def export_csv(
     until: datetime | None = None,
     unsent_only: bool = False,
     on_progress: Callable[[int], None] | None = None,
+    units: Mapping[str, str] | None = None,
 ) -> int:
     """Write the selected readings to ``out`` as CSV; return the number of rows written.
+
+    ``units`` (register name → unit) labels those columns ``voltage_l1 [V]`` in the header.
 
     ``on_progress(id)`` is called every ``PROGRESS_EVERY`` rows and at the end with the id
     just written (ids grow with insertion order, so the id span is a cheap progress total).
@@ -136,7 +139,11 @@ def export_csv(
     columns = csv_columns(register_names, found)
     value_columns = columns[3:-1]
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow([safe_text(column) for column in columns])
+    labels = [
+        f"{column} [{units[column]}]" if units and units.get(column) else column
+        for column in columns
+    ]
+    writer.writerow([safe_text(label) for label in labels])
     written = 0
     last_id = 0
     for reading in database.iter_readings(conn, since, until, unsent_only):

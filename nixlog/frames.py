@@ -12,6 +12,7 @@ RTU ADU: unit, function, data, CRC16 (low byte first). TCP ADU: a 7-byte MBAP he
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -186,3 +187,155 @@ def parse_rtu_request(frame: bytes) -> tuple[int, int, int, int]:
         raise FrameError("crc error")
     function, start, count = struct.unpack(">BHH", frame[1:6])
     return frame[0], function, start, count
+
+
+# ----------------------------------------------------------------------------- any request
+# Writes (FC 5, 6, 16) and device identification (FC 43/14) use the same transaction as reads:
+# the link sends a request PDU and asks ``answer_pdu_length`` how long the answer must be (from
+# what has arrived so far), then ``check_answer`` whether it answers the request.
+
+WRITE_SINGLE_COIL: Final = 5
+WRITE_SINGLE_REGISTER: Final = 6
+WRITE_MULTIPLE_REGISTERS: Final = 16
+WRITE_FUNCTIONS: Final = frozenset(
+    {WRITE_SINGLE_COIL, WRITE_SINGLE_REGISTER, WRITE_MULTIPLE_REGISTERS}
+)
+MEI_FUNCTION: Final = 0x2B
+READ_DEVICE_ID: Final = 0x0E
+DEVICE_ID_HEADER: Final = 7  # function, MEI type, read code, conformity, more, next id, count
+MAX_WRITE_REGISTERS: Final = 123
+
+
+def write_pdu(function: int, address: int, values: Sequence[int] | Sequence[bool]) -> bytes:
+    """The PDU of a write: one coil (FC 5), one register (FC 6) or several registers (FC 16)."""
+    if not 0 <= address <= 0xFFFF:
+        raise ValueError(f"address {address} out of range")
+    if function == WRITE_SINGLE_COIL:
+        if len(values) != 1:
+            raise ValueError("FC 5 writes exactly one coil")
+        return struct.pack(">BHH", function, address, 0xFF00 if values[0] else 0x0000)
+    words = [int(value) for value in values]
+    if any(not 0 <= word <= 0xFFFF for word in words):
+        raise ValueError("register word out of range")
+    if function == WRITE_SINGLE_REGISTER:
+        if len(words) != 1:
+            raise ValueError("FC 6 writes exactly one register")
+        return struct.pack(">BHH", function, address, words[0])
+    if function == WRITE_MULTIPLE_REGISTERS:
+        if not 1 <= len(words) <= MAX_WRITE_REGISTERS or address + len(words) > 0x10000:
+            raise ValueError(f"cannot write {len(words)} registers at {address}")
+        header = struct.pack(">BHHB", function, address, len(words), 2 * len(words))
+        return header + struct.pack(f">{len(words)}H", *words)
+    raise ValueError(f"not a write function: {function}")
+
+
+def device_id_pdu(read_code: int = 1, object_id: int = 0) -> bytes:
+    """The PDU of Read Device Identification (FC 43, MEI 14): basic (1), regular (2)..."""
+    if not (1 <= read_code <= 4 and 0 <= object_id <= 0xFF):
+        raise ValueError(f"read code {read_code} / object {object_id} out of range")
+    return bytes([MEI_FUNCTION, READ_DEVICE_ID, read_code, object_id])
+
+
+def answer_pdu_length(request: bytes, prefix: bytes) -> int:
+    """How long the answer PDU to ``request`` must be, as far as ``prefix`` (its start) tells.
+
+    Never less than what must still arrive before more can be known; once the answer is
+    complete it is its exact length. An exception answer is 2 bytes.
+    """
+    function = request[0]
+    if prefix and prefix[0] == function | EXCEPTION_BIT:
+        return 2
+    if function in READ_FUNCTIONS:
+        _, count = struct.unpack(">HH", request[1:5])
+        return 2 + byte_count(function, count)
+    if function in WRITE_FUNCTIONS:
+        return 5
+    if function == MEI_FUNCTION:
+        if len(prefix) < DEVICE_ID_HEADER:
+            return DEVICE_ID_HEADER
+        length = DEVICE_ID_HEADER
+        for _ in range(prefix[6]):
+            if len(prefix) < length + 2:
+                return length + 2
+            length += 2 + prefix[length + 1]
+        return length
+    raise ValueError(f"unsupported function {function}")
+
+
+def longest_answer_pdu(request: bytes) -> int:
+    """The longest answer PDU ``request`` can get (for the wire time of a deadline)."""
+    if request[0] == MEI_FUNCTION:
+        return MAX_PDU_LENGTH
+    return answer_pdu_length(request, b"")
+
+
+def check_answer(request: bytes, answer: bytes) -> int | None:
+    """Check an answer PDU against its request: the exception code, or None when it is the
+    answer; ``FrameError`` when it answers something else."""
+    function = request[0]
+    if function in READ_FUNCTIONS:
+        _, count = struct.unpack(">HH", request[1:5])
+        return parse_pdu(answer, function, count).code
+    if not answer:
+        raise FrameError("empty answer")
+    if answer[0] == function | EXCEPTION_BIT:
+        if len(answer) != 2:
+            raise FrameError("bad exception frame")
+        return answer[1]
+    if answer[0] != function:
+        raise FrameError(f"answer with function {answer[0]} (asked {function})")
+    if function in WRITE_FUNCTIONS:
+        if answer != request[:5]:
+            raise FrameError("write answer does not echo the request")
+        return None
+    if function == MEI_FUNCTION:
+        if len(answer) < DEVICE_ID_HEADER or answer[1] != READ_DEVICE_ID:
+            raise FrameError("not a device identification answer")
+        if len(answer) != answer_pdu_length(request, answer):
+            raise FrameError("device identification answer of the wrong length")
+        return None
+    raise FrameError(f"unsupported function {function}")
+
+
+@dataclass(frozen=True)
+class DeviceIdentity:
+    """What a Read Device Identification answer holds: object id → text, and continuation."""
+
+    objects: dict[int, str]
+    conformity: int
+    more_follows: bool
+    next_object: int
+
+
+def parse_device_id(answer: bytes) -> DeviceIdentity:
+    """The objects of a checked FC 43/14 answer PDU (texts decoded as latin-1)."""
+    conformity, more, next_object, count = answer[3], answer[4], answer[5], answer[6]
+    objects: dict[int, str] = {}
+    position = DEVICE_ID_HEADER
+    for _ in range(count):
+        object_id, length = answer[position], answer[position + 1]
+        data = answer[position + 2 : position + 2 + length]
+        objects[object_id] = data.decode("latin-1").rstrip("\x00 ")
+        position += 2 + length
+    return DeviceIdentity(objects, conformity, more == 0xFF, next_object)
+
+
+def encode_device_id_answer(
+    read_code: int, objects: dict[int, bytes], *, more: bool = False, next_object: int = 0
+) -> bytes:
+    """An FC 43/14 answer PDU carrying ``objects`` (the inverse of ``parse_device_id``)."""
+    body = b"".join(bytes([oid, len(data)]) + data for oid, data in objects.items())
+    header = bytes(
+        [MEI_FUNCTION, READ_DEVICE_ID, read_code, 0x81, 0xFF if more else 0, next_object]
+    )
+    return header + bytes([len(objects)]) + body
+
+
+def rtu_frame(unit: int, pdu: bytes) -> bytes:
+    """A complete RTU frame: unit, PDU, CRC."""
+    return with_crc(bytes([unit]) + pdu)
+
+
+def tcp_frame(transaction: int, unit: int, pdu: bytes) -> bytes:
+    """A complete Modbus TCP frame: MBAP header and PDU."""
+    return struct.pack(">HHHB", transaction & 0xFFFF, 0, len(pdu) + 1, unit) + pdu

@@ -12,9 +12,11 @@ used here at all (the simulator still serves with it); pyserial is imported on f
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import socket
+import struct
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -27,14 +29,24 @@ from nixlog.errors import DeviceError
 from nixlog.frames import (
     MBAP_LENGTH,
     RTU_HEADER_LENGTH,
+    WRITE_MULTIPLE_REGISTERS,
+    WRITE_SINGLE_COIL,
+    WRITE_SINGLE_REGISTER,
+    DeviceIdentity,
     FrameError,
+    answer_pdu_length,
+    check_answer,
     crc_ok,
+    device_id_pdu,
+    longest_answer_pdu,
+    parse_device_id,
     parse_mbap,
     parse_pdu,
-    rtu_answer_length,
+    read_pdu,
+    rtu_frame,
     rtu_frame_length,
-    rtu_request,
-    tcp_request,
+    tcp_frame,
+    write_pdu,
 )
 from nixlog.registers import FUNCTION_CODES, ReadRequest
 
@@ -307,6 +319,11 @@ class ModbusLink:
             reason = _os_reason(exc) if isinstance(exc, OSError) else str(exc)
             if isinstance(exc, OSError) and exc.errno == 13:
                 reason += " (is the user in the dialout group?)"
+            elif isinstance(exc, OSError) and exc.errno in (errno.EAGAIN, errno.EBUSY):
+                reason += (
+                    " (the port is in use by another program: if the nixlog service runs, "
+                    "stop it first with `sudo systemctl stop nixlog`)"
+                )
             raise LinkDown(f"cannot open serial port {path}: {reason}") from exc
         self._serial = port
 
@@ -343,6 +360,62 @@ class ModbusLink:
         if kind not in FUNCTION_CODES:
             raise ValueError(f"unknown register kind {kind!r}")
         function = FUNCTION_CODES[kind]
+        answer = self.transact(
+            unit_id,
+            read_pdu(function, start, count),
+            timeout=timeout,
+            retries=retries,
+            settle_sec=settle_sec,
+        )
+        values = parse_pdu(answer, function, count).values
+        assert values is not None
+        return values
+
+    def write(
+        self, unit_id: int, kind: str, address: int, values: Sequence[int] | Sequence[bool]
+    ) -> None:
+        """Write one coil (FC 5), one register (FC 6) or consecutive registers (FC 16).
+
+        Never retried: a write whose answer was lost may have been done, and commissioning
+        wants to know that rather than have it done twice. Raises like ``read``.
+        """
+        if kind == "coil":
+            function = WRITE_SINGLE_COIL
+        elif kind == "holding":
+            function = WRITE_SINGLE_REGISTER if len(values) == 1 else WRITE_MULTIPLE_REGISTERS
+        else:
+            raise ValueError(f"{kind} registers cannot be written")
+        self.transact(unit_id, write_pdu(function, address, values), retries=0)
+
+    def identify(self, unit_id: int, *, timeout: float | None = None) -> DeviceIdentity:
+        """Read Device Identification (FC 43/14): the basic objects, following "more"."""
+        objects: dict[int, str] = {}
+        next_object = 0
+        identity: DeviceIdentity | None = None
+        for _ in range(8):  # a device that always says "more" must not hold us forever
+            answer = self.transact(unit_id, device_id_pdu(1, next_object), timeout=timeout)
+            identity = parse_device_id(answer)
+            objects.update(identity.objects)
+            if not identity.more_follows or identity.next_object <= next_object:
+                break
+            next_object = identity.next_object
+        assert identity is not None
+        return DeviceIdentity(objects, identity.conformity, False, 0)
+
+    def transact(
+        self,
+        unit_id: int,
+        request: bytes,
+        *,
+        timeout: float | None = None,
+        retries: int | None = None,
+        settle_sec: float | None = None,
+    ) -> bytes:
+        """Send one request PDU to ``unit_id`` and return the checked answer PDU.
+
+        The transaction of every function (see ``read`` for the options); an exception
+        answer raises ``DeviceException``.
+        """
         call_timeout = self.timeout if timeout is None else timeout
         tries = 1 + (self.retries if retries is None else retries)
         settle = min(call_timeout, RTU_SETTLE_MAX_SEC) if settle_sec is None else settle_sec
@@ -355,10 +428,8 @@ class ModbusLink:
                 self._wait_request_gap()
                 try:
                     if self.is_tcp:
-                        return self._tcp_transaction(unit_id, function, start, count, call_timeout)
-                    return self._rtu_transaction(
-                        unit_id, function, start, count, call_timeout, settle
-                    )
+                        return self._tcp_transaction(unit_id, request, call_timeout)
+                    return self._rtu_transaction(unit_id, request, call_timeout, settle)
                 except (ReadTimeout, BadResponse) as exc:
                     failure = exc
                     late = late or exc.reason == LATE_ANSWER
@@ -383,9 +454,7 @@ class ModbusLink:
 
     # ------------------------------------------------------------------ RTU
 
-    def _rtu_transaction(
-        self, unit: int, function: int, start: int, count: int, timeout: float, settle: float
-    ) -> list[int] | list[bool]:
+    def _rtu_transaction(self, unit: int, request: bytes, timeout: float, settle: float) -> bytes:
         """One request on the serial line and its answer, or a failure after the line settled.
 
         How an answer is paired with its request without a transaction id:
@@ -402,15 +471,19 @@ class ModbusLink:
         """
         port = self._serial
         self._discard_stale(port)
-        frame = rtu_request(unit, function, start, count)
+        function = request[0]
+        # Reads and writes carry (address, count or value) next; device identification does
+        # not, and its shape is then the function alone.
+        start, count = struct.unpack(">HH", request[1:5]) if len(request) >= 5 else (0, 0)
+        frame = rtu_frame(unit, request)
         self._asked.add(unit)
-        expected = rtu_answer_length(function, count)
+        expected = 3 + longest_answer_pdu(request)
         sent = time.monotonic()
         self._serial_io(port.write, frame)
         # The deadline counts the wire time of both frames on top of the device's time.
         deadline = sent + timeout + (len(frame) + expected) * self._char_sec
         try:
-            answer = self._rtu_answer(port, unit, function, count, expected, deadline)
+            answer = self._rtu_answer(port, unit, request, deadline)
         except (ReadTimeout, BadResponse) as exc:
             self._answers.pop(unit, None)
             if isinstance(exc, BadResponse) and exc.complete:
@@ -435,16 +508,14 @@ class ModbusLink:
         echo = self._twice.get(unit)
         if echo is not None:
             self._await_copy(port, answer, answered + 1.5 * echo + len(answer) * self._char_sec)
-        parsed = parse_pdu(answer[1:-2], function, count)
-        if parsed.code is not None:
-            raise DeviceException(parsed.code)
-        assert parsed.values is not None
-        return parsed.values
+        code = check_answer(request, answer[1:-2])
+        if code is not None:
+            raise DeviceException(code)
+        return answer[1:-2]
 
-    def _rtu_answer(
-        self, port: Any, unit: int, function: int, count: int, expected: int, deadline: float
-    ) -> bytes:
+    def _rtu_answer(self, port: Any, unit: int, request: bytes, deadline: float) -> bytes:
         """The complete, checked answer frame for the request just sent."""
+        function = request[0]
         while True:
             header = self._read_until(port, RTU_HEADER_LENGTH, deadline)
             if not header:
@@ -452,12 +523,22 @@ class ModbusLink:
             if len(header) < RTU_HEADER_LENGTH:
                 raise BadResponse("incomplete answer")
             length = rtu_frame_length(header)
-            if length is None:
+            frame = header
+            if length is None and header[0] == unit and header[1] & 0x7F == function:
+                # Ours but no read answer (a write's echo, device identification): its length
+                # follows from the request and, for answers of variable length, from what has
+                # arrived so far. A read answer is framed by its own byte count instead, so a
+                # late answer of another shape is read whole and recognised as a stray.
+                while len(frame) < (length := 3 + answer_pdu_length(request, frame[1:])):
+                    frame += self._read_until(port, length - len(frame), deadline)
+                    if len(frame) < length:
+                        raise BadResponse("incomplete answer")
+            elif length is None:
                 raise BadResponse("not a read answer")
-            rest = self._read_until(port, length - RTU_HEADER_LENGTH, deadline)
-            frame = header + rest
-            if len(frame) < length:
-                raise BadResponse("incomplete answer")
+            else:
+                frame = header + self._read_until(port, length - RTU_HEADER_LENGTH, deadline)
+                if len(frame) < length:
+                    raise BadResponse("incomplete answer")
             if not crc_ok(frame):
                 self.faults.note((CRC_ERROR, unit), f"{self.description}: crc error (unit {unit})")
                 raise BadResponse(CRC_ERROR)
@@ -467,7 +548,7 @@ class ModbusLink:
                     continue
                 raise BadResponse(f"answer from unit {frame[0]} (asked {unit})", complete=True)
             try:
-                parse_pdu(frame[1:-2], function, count)
+                check_answer(request, frame[1:-2])
             except FrameError as exc:
                 if self._unseen is not None:
                     # Intact but of another shape, with a late answer still possible: that
@@ -618,9 +699,7 @@ class ModbusLink:
 
     # ------------------------------------------------------------------ TCP
 
-    def _tcp_transaction(
-        self, unit: int, function: int, start: int, count: int, timeout: float
-    ) -> list[int] | list[bool]:
+    def _tcp_transaction(self, unit: int, request: bytes, timeout: float) -> bytes:
         """One request over Modbus TCP and its answer, matched by transaction id.
 
         A timed-out transaction replaces the connection: some servers (pymodbus 3.16's own,
@@ -632,7 +711,7 @@ class ModbusLink:
         self._transaction = (self._transaction + 1) & 0xFFFF
         transaction = self._transaction
         try:
-            sock.sendall(tcp_request(transaction, unit, function, start, count))
+            sock.sendall(tcp_frame(transaction, unit, request))
         except OSError as exc:
             raise LinkDown(f"lost connection to {self.description}: {_os_reason(exc)}") from exc
         deadline = time.monotonic() + timeout
@@ -656,13 +735,12 @@ class ModbusLink:
         if mbap.unit != unit:
             raise BadResponse(f"answer from unit {mbap.unit} (asked {unit})", complete=True)
         try:
-            parsed = parse_pdu(pdu, function, count)
+            code = check_answer(request, pdu)
         except FrameError as exc:
             raise BadResponse(exc.reason, complete=True) from exc
-        if parsed.code is not None:
-            raise DeviceException(parsed.code)
-        assert parsed.values is not None
-        return parsed.values
+        if code is not None:
+            raise DeviceException(code)
+        return pdu
 
     def _recv(self, sock: socket.socket, size: int, deadline: float, unit: int) -> bytes:
         """Exactly ``size`` bytes before ``deadline``; a timeout replaces the connection."""

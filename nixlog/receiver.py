@@ -1,10 +1,11 @@
 """A small local HTTP endpoint that accepts nixlog batches.
 
-``nixlog demo`` runs one in-process so the whole conveyor belt works without a network; the
-test suite builds its switchable failure receiver on it. Standard library only
-(``http.server.ThreadingHTTPServer``): it accepts ``POST``ed batches of DESIGN §7, checks the
-key, gunzips ``Content-Encoding: gzip`` bodies, deduplicates on each reading's ``id`` (the
-at-least-once contract of DESIGN §9) and counts what it received.
+``nixlog demo`` runs one in-process so the whole conveyor belt works without a network; the test
+suite builds its switchable failure receiver on it. Standard library only
+(``http.server.ThreadingHTTPServer``): it accepts ``POST``ed batches of
+``api_client.transform_for_api``, checks the key, gunzips ``Content-Encoding: gzip`` bodies,
+deduplicates on each reading's ``id`` (the at-least-once contract of ARCHITECTURE.md: Identity) and
+counts what it received.
 
 Override ``Receiver.handle`` to change how a request is answered.
 """

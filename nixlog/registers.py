@@ -1,7 +1,7 @@
 """The register map as the wire sees it: pure decode/encode and request planning (no I/O).
 
 Decoding turns the raw 16-bit words (or bits) of one value into a Python value for every type
-of DESIGN §3 in the four byte orders, then applies ``raw * scale + offset``. Encoding is the
+of the configuration in the four byte orders, then applies ``raw * scale + offset``. Encoding is the
 exact inverse; the simulator serves values through it and the property tests prove the pair.
 
 Planning groups the register map per (unit id, kind) and merges near addresses into as few

@@ -33,7 +33,13 @@ from typing import Any, Final
 
 import tomli_w
 
-from nixlog.config import BIT_KINDS, MAX_REGISTERS_PER_REQUEST, REGISTER_KINDS, ModbusConfig
+from nixlog.config import (
+    BIT_KINDS,
+    MAX_REGISTERS_PER_REQUEST,
+    REGISTER_KINDS,
+    REGISTERS_PER_TYPE,
+    ModbusConfig,
+)
 from nixlog.errors import DeviceError, NixlogError, UsageError
 from nixlog.modbus_client import (
     BadResponse,
@@ -69,9 +75,19 @@ NAME_PREFIXES: Final = {"holding": "hr", "input": "ir", "coil": "coil", "discret
 NARROWING_CODES: Final = frozenset({2, 3, 4})
 ILLEGAL_FUNCTION: Final = 1
 GATEWAY_SILENT_CODES: Final = frozenset({10, 11})
+IDENTITY_NAMES: Final = {
+    0: "vendor",
+    1: "product_code",
+    2: "revision",
+    3: "vendor_url",
+    4: "product_name",
+    5: "model_name",
+    6: "application_name",
+}
+"""Names of the standard Read Device Identification objects (FC 43/14)."""
 
 # Plausibility thresholds for 32-bit interpretations (see ``score_pair``).
-FLOAT_MIN_MAGNITUDE: Final = 1e-4
+FLOAT_MIN_MAGNITUDE: Final = 1e-3
 FLOAT_MAX_MAGNITUDE: Final = 1e9
 INT_MAX_MAGNITUDE: Final = 100_000_000
 SCORE_16BIT: Final = 1.0
@@ -79,10 +95,30 @@ SCORE_16BIT: Final = 1.0
 SCORE_NEAT_FLOAT: Final = 3.0
 SCORE_FAIR_FLOAT: Final = 1.5
 SCORE_ROUGH_FLOAT: Final = 1.0
+SCORE_DIGIT_BONUS: Final = 0.25
+SCORE_ZERO_WORD_FLOAT: Final = 1.35
+"""A float with a zero word (230.0 is 0x4366 0x0000) beats a 16-bit value and a zero
+register (1.25), but not a 32-bit counter next to a zero register."""
+SCORE_SEVEN_DIGIT_FLOAT: Final = 2.3
+"""Seven digits (123456.7 kWh): beats two busy 16-bit words, not a neat float."""
 SCORE_SIGN_EXTENDED: Final = 2.5
 SCORE_SMALL_INT: Final = 1.0
 SMALL_NEGATIVE_INT16: Final = 0xF000
-"""Words from here up read as small negative numbers (-4096..-1): int16 rather than uint16."""
+"""Words from here up read as small negative numbers (-4096..-1) (see ``looks_like_small_int``)."""
+NEGATIVE_INT16: Final = 0xC000
+"""Words from here up are drafted as int16 (-16384..-1): a meter rarely shows a uint16 that big,
+while negative temperatures, power factors and powers are common."""
+SCORE_ZERO_WORD: Final = 0.25
+"""A register reading 0 says little: a pair or counter that includes it needs less to win."""
+SCORE_COUNTER_32: Final = 2.4
+"""A 32-bit counter: a high word that is small next to a busy low word (see ``score_int``)."""
+SCORE_COUNTER_64: Final = 4.0
+SCORE_SIGN_EXTENDED_64: Final = 5.0
+SCORE_STRING_WORD: Final = 1.5
+STRING_MIN_CHARS: Final = 4
+STRING_MAX_WORDS: Final = 32
+BYTE_SWAPPED_FACTOR: Final = 0.9
+"""A small negative int64 with swapped bytes (BADC, DCBA) is rarer than a word swap."""
 
 
 # ============================================================================ pure: options
@@ -279,7 +315,7 @@ class Interpretation:
 
     type: str
     byte_order: str
-    value: int | float | None
+    value: int | float | str | None
     score: float
 
     @property
@@ -293,12 +329,18 @@ def _significant_digits(value: float) -> int:
     return max(len(digits), 1)
 
 
-def score_float(value: float, small_words: bool = False) -> float:
+def score_float(
+    value: float, small_words: bool = False, zero_word: bool = False, mixed_small: bool = False
+) -> float:
     """How plausible a float32 reading is: 0 for NaN/inf, denormals, zero and absurd sizes.
 
     Real measurements come out of a float32 with few significant digits (230.5, 49.98); the
-    same bytes read in the wrong order need seven to nine, so digit count is the tiebreaker.
-    ``small_words``: both words read as small 16-bit integers (see ``looks_like_small_int``).
+    same bytes read in the wrong order need seven to nine, so digit count is the tiebreaker,
+    and fewer digits score higher. ``small_words``: both words read as small 16-bit integers
+    (see ``looks_like_small_int``). ``zero_word``: one word is 0, which leaves few mantissa
+    bits, so any such float looks neat: plausible, but the digits prove nothing.
+    ``mixed_small``: a small positive and a small negative word (21.5 °C next to a power
+    factor of -0.95): only a neat float beats that story.
     """
     if not math.isfinite(value) or value == 0:
         return 0.0
@@ -310,11 +352,22 @@ def score_float(value: float, small_words: bool = False) -> float:
         # Two words that each read as a small integer make "neat" floats by accident
         # (0x0000 0x00BC in DCBA is -0.0078125): two 16-bit values are the likelier story.
         return SCORE_ROUGH_FLOAT
+    if zero_word:
+        return SCORE_ZERO_WORD_FLOAT
     if digits <= 6:
-        return SCORE_NEAT_FLOAT
-    if digits == 7:
-        return SCORE_FAIR_FLOAT
+        return SCORE_NEAT_FLOAT + SCORE_DIGIT_BONUS * (6 - digits)
+    if digits == 7 and not mixed_small:
+        return SCORE_SEVEN_DIGIT_FLOAT
     return SCORE_ROUGH_FLOAT
+
+
+def small_pair(first: int, second: int) -> bool:
+    """Two words that read as small integers of one sign (or a zero and a small one)."""
+    if first == 0 or second == 0:
+        return looks_like_small_int(first) and looks_like_small_int(second)
+    return (first < 0x1000 and second < 0x1000) or (
+        first >= SMALL_NEGATIVE_INT16 and second >= SMALL_NEGATIVE_INT16
+    )
 
 
 def looks_like_small_int(word: int) -> bool:
@@ -330,20 +383,34 @@ def score_int(value_type: str, value: int) -> float:
     """How plausible a 32-bit integer reading is.
 
     A small negative int32 (-32768..-2) whose high word is 0xFFFF is the strongest sign of a
-    32-bit value: read as two 16-bit registers it would be a number and a lone -1. Other
-    non-zero values under 10^8 are plausible but not preferred over two 16-bit registers.
+    32-bit value: read as two 16-bit registers it would be a number and a lone -1. A counter
+    (energy, hours, pulses) has a high word that is small next to a busy low word (12345678 is
+    0x00BC 0x614E); two 16-bit measurements side by side are of like size (2301 and 2298 V/10)
+    or small (not busy). Other non-zero values under 10^8 are plausible but not preferred.
     """
-    if value == 0 or abs(value) >= INT_MAX_MAGNITUDE:
+    if value == 0:
         return 0.0
     if value_type == "int32" and -32768 <= value <= -2:
         return SCORE_SIGN_EXTENDED
+    if value_type == "uint32" and looks_like_counter(value >> 16, value & 0xFFFF):
+        return SCORE_COUNTER_32
+    if abs(value) >= INT_MAX_MAGNITUDE:
+        return 0.0
     return SCORE_SMALL_INT
+
+
+def looks_like_counter(high: int, low: int) -> bool:
+    """A non-zero high word at most an eighth of a busy low word (0x1000 up, but not a small
+    negative number, which a 16-bit reading next door explains better)."""
+    return high > 0 and 0x1000 <= low < SMALL_NEGATIVE_INT16 and 8 * high <= low
 
 
 def interpret_pair(first: int, second: int) -> list[Interpretation]:
     """Every int32/uint32/float32 reading of two consecutive words in all four byte orders."""
     words = (first, second)
-    small_words = looks_like_small_int(first) and looks_like_small_int(second)
+    small_words = small_pair(first, second)
+    zero_word = 0 in (first, second)
+    mixed_small = looks_like_small_int(first) and looks_like_small_int(second)
     result: list[Interpretation] = []
     for order in BYTE_ORDERS_32:
         for value_type in TYPES_32:
@@ -357,15 +424,86 @@ def interpret_pair(first: int, second: int) -> list[Interpretation]:
                         value_type,
                         order,
                         number if finite else None,
-                        score_float(number, small_words),
+                        score_float(number, small_words, zero_word, mixed_small),
                     )
                 )
             else:
                 integer = int(raw)
-                result.append(
-                    Interpretation(value_type, order, integer, score_int(value_type, integer))
-                )
+                score = score_int(value_type, integer)
+                if order in ("BADC", "DCBA") and score == SCORE_COUNTER_32:
+                    # Counters with swapped bytes are rare; busy pairs of 16-bit values that
+                    # look like one once swapped are not.
+                    score = SCORE_SMALL_INT if integer < INT_MAX_MAGNITUDE else 0.0
+                result.append(Interpretation(value_type, order, integer, score))
     return result
+
+
+def best_quad(words: Sequence[int]) -> Interpretation | None:
+    """The 64-bit reading of four words when it is clearly one: a counter (top word 0, the
+    next one small, the rest busy) or a small negative int64 (sign-extended); else None."""
+    order_rank = {order: rank for rank, order in enumerate(BYTE_ORDERS_32)}
+    found: list[Interpretation] = []
+    for order in BYTE_ORDERS_32:
+        value = decode_words("uint64", order, words)
+        assert isinstance(value, int)
+        top, second = value >> 48, (value >> 32) & 0xFFFF
+        factor = BYTE_SWAPPED_FACTOR if order in ("BADC", "DCBA") else 1.0
+        if value >= 0xFFFF_FFFF_FF00_0000 and value != 0xFFFF_FFFF_FFFF_FFFF:
+            signed = decode_words("int64", order, words)
+            assert isinstance(signed, int)
+            found.append(
+                Interpretation("int64", order, signed, SCORE_SIGN_EXTENDED_64 * factor)
+            )
+        elif order in ("ABCD", "CDAB") and top == 0 and second < 0x1000 and value >= 0x10000:
+            low = value & 0xFFFF
+            upper = (value >> 16) & 0xFFFF if second == 0 else second
+            if 0x1000 <= low < SMALL_NEGATIVE_INT16 and (second or 8 * upper <= low):
+                found.append(Interpretation("uint64", order, value, SCORE_COUNTER_64 * factor))
+    if not found:
+        return None
+    return min(found, key=lambda item: (-item.score, order_rank[item.byte_order]))
+
+
+def string_length(words: Sequence[int]) -> int:
+    """How many of ``words`` (consecutive registers) read as one text; 0 when they do not.
+
+    A text starts with a letter or digit, holds at least ``STRING_MIN_CHARS`` printable
+    ASCII characters with a letter among them, then only NUL (or space) padding to the end
+    of a register; the zero registers that follow are taken as more padding (fixed-length
+    text fields), up to ``STRING_MAX_WORDS``. Without a NUL it needs three registers: two
+    busy words are printable by chance too often.
+    """
+    if not words or not chr(words[0] >> 8).isalnum():
+        return 0
+    chars = 0
+    letters = 0
+    length = 0
+    ended = False
+    for word in words[:STRING_MAX_WORDS]:
+        pair = (word >> 8, word & 0xFF)
+        if ended:
+            if word != 0:
+                break
+            length += 1
+            continue
+        for byte in pair:
+            if ended:
+                if byte not in (0, 0x20):
+                    return _string_end(chars, letters, length)
+            elif 0x20 <= byte <= 0x7E:
+                chars += 1
+                letters += chr(byte).isalpha()
+            elif byte == 0 and chars:
+                ended = True
+            else:
+                return _string_end(chars, letters, length)
+        length += 1
+    return _string_end(chars, letters, length)
+
+
+def _string_end(chars: int, letters: int, length: int) -> int:
+    enough = chars >= STRING_MIN_CHARS and letters >= 1 and length >= 2
+    return length if enough and (length > (chars + 1) // 2 or length >= 3) else 0
 
 
 def best_pair(first: int, second: int) -> Interpretation | None:
@@ -373,7 +511,7 @@ def best_pair(first: int, second: int) -> Interpretation | None:
 
     Ties go to the earlier entry: byte order ABCD, CDAB, BADC, DCBA; float before integers
     only by score, and between integers to the smaller magnitude (bytes in the wrong order
-    usually make a number bigger).
+    usually make a number bigger), a byte-swapped one only when 8 times smaller.
     """
     candidates = [i for i in interpret_pair(first, second) if i.plausible]
     if not candidates:
@@ -382,14 +520,16 @@ def best_pair(first: int, second: int) -> Interpretation | None:
 
     def key(item: Interpretation) -> tuple[float, float, int]:
         size = abs(item.value) if isinstance(item.value, int) else 0.0
+        if item.byte_order in ("BADC", "DCBA"):
+            size *= 8  # swapped bytes are rarer: they must make a much smaller number
         return (-item.score, size, order_rank[item.byte_order])
 
     return min(candidates, key=key)
 
 
 def word_type(word: int) -> str:
-    """``int16`` for words that read as small negative numbers, else ``uint16``."""
-    return "int16" if word >= SMALL_NEGATIVE_INT16 else "uint16"
+    """``int16`` for words that read as negative numbers a meter shows, else ``uint16``."""
+    return "int16" if word >= NEGATIVE_INT16 else "uint16"
 
 
 def to_int16(word: int) -> int:
@@ -407,7 +547,15 @@ class DraftRegister:
     address: int
     type: str
     byte_order: str
-    value: int | float | bool
+    value: int | float | bool | str
+    length: int | None = None
+
+    @property
+    def width(self) -> int:
+        """Registers this value covers."""
+        if self.length is not None:
+            return self.length
+        return 1 if self.kind in BIT_KINDS else REGISTERS_PER_TYPE[self.type]
 
     def as_toml(self, default_unit: int) -> dict[str, Any]:
         """The ``[[modbus.registers_to_read]]`` table for this register."""
@@ -415,6 +563,8 @@ class DraftRegister:
         if self.kind not in BIT_KINDS:
             table["type"] = self.type
             table["byte_order"] = self.byte_order
+        if self.length is not None:
+            table["length"] = self.length
         if self.unit_id != default_unit:
             table["unit_id"] = self.unit_id
         return table
@@ -427,14 +577,21 @@ def register_name(kind: str, address: int, unit_id: int | None = None) -> str:
 
 
 def choose_registers(
-    unit_id: int, kind: str, values: dict[int, int] | dict[int, bool], *, prefix_unit: bool = False
+    unit_id: int,
+    kind: str,
+    values: dict[int, int] | dict[int, bool],
+    *,
+    prefix_unit: bool = False,
+    skip_zeros: bool = False,
 ) -> list[DraftRegister]:
     """Cover every responding address exactly once with its most plausible type.
 
     Bits become ``bool``. Words are segmented by dynamic programming over runs of consecutive
-    addresses: each address is either a 16-bit register (worth ``SCORE_16BIT``) or the first
-    of a 32-bit pair (worth its best plausible interpretation's score). The segmentation with
-    the highest total wins; a tie keeps 16-bit registers, the simpler choice.
+    addresses: each address is a 16-bit register (worth ``SCORE_16BIT``, a zero one less),
+    the first of a 32-bit pair (its best plausible interpretation's score), of a 64-bit
+    counter, or of a text. The segmentation with the highest total wins; a tie keeps 16-bit
+    registers, the simpler choice. ``skip_zeros`` leaves 16-bit registers that read 0 out of
+    the draft (reserved registers, mostly; ``ScanResult.skipped`` lists them).
     """
     unit = unit_id if prefix_unit else None
     if kind in BIT_KINDS:
@@ -444,36 +601,69 @@ def choose_registers(
         ]
     words = {address: int(word) for address, word in values.items()}
     addresses = sorted(words)
-    # best[i]: (score, choice) for addresses[i:]; choice None = 16-bit, else the pair reading.
-    best: list[tuple[float, Interpretation | None]] = [(0.0, None)] * (len(addresses) + 2)
+    # best[i]: (score, width, choice) for addresses[i:]; width 1 = 16-bit, else the reading.
+    best: list[tuple[float, int, Interpretation | None]] = [(0.0, 1, None)] * (
+        len(addresses) + 1
+    )
     for i in range(len(addresses) - 1, -1, -1):
         address = addresses[i]
-        single = best[i + 1][0] + SCORE_16BIT
-        choice: tuple[float, Interpretation | None] = (single, None)
-        if i + 1 < len(addresses) and addresses[i + 1] == address + 1:
+        run = 1
+        while i + run < len(addresses) and addresses[i + run] == address + run:
+            run += 1
+        single = SCORE_ZERO_WORD if words[address] == 0 else SCORE_16BIT
+        choice: tuple[float, int, Interpretation | None] = (best[i + 1][0] + single, 1, None)
+        if run >= 2:
             pair = best_pair(words[address], words[address + 1])
-            if pair is not None and best[i + 2][0] + pair.score > single:
-                choice = (best[i + 2][0] + pair.score, pair)
+            if pair is not None and best[i + 2][0] + pair.score > choice[0]:
+                choice = (best[i + 2][0] + pair.score, 2, pair)
+        if run >= 4:
+            quad = best_quad([words[address + k] for k in range(4)])
+            if quad is not None and best[i + 4][0] + quad.score > choice[0]:
+                choice = (best[i + 4][0] + quad.score, 4, quad)
+        text = string_length([words[address + k] for k in range(run)])
+        if text:
+            content = decode_words("string", "ABCD", [words[address + k] for k in range(text)])
+            score = best[i + text][0] + SCORE_STRING_WORD * text
+            if score > choice[0]:
+                choice = (score, text, Interpretation("string", "ABCD", content, score))
         best[i] = choice
     draft: list[DraftRegister] = []
     i = 0
     while i < len(addresses):
         address = addresses[i]
-        pair = best[i][1]
+        _, width, chosen = best[i]
         name = register_name(kind, address, unit)
-        if pair is None:
+        i += width
+        if chosen is None:
             word = words[address]
+            if skip_zeros and word == 0:
+                continue
             value_type = word_type(word)
             value = to_int16(word) if value_type == "int16" else word
             draft.append(DraftRegister(name, unit_id, kind, address, value_type, "ABCD", value))
-            i += 1
             continue
-        assert pair.value is not None
+        assert chosen.value is not None
         draft.append(
-            DraftRegister(name, unit_id, kind, address, pair.type, pair.byte_order, pair.value)
+            DraftRegister(
+                name,
+                unit_id,
+                kind,
+                address,
+                chosen.type,
+                chosen.byte_order,
+                chosen.value,
+                width if chosen.type == "string" else None,
+            )
         )
-        i += 2
     return draft
+
+
+def skipped_zeros(
+    values: dict[int, int] | dict[int, bool], draft: Sequence[DraftRegister]
+) -> list[int]:
+    """Responding addresses the draft leaves out (registers that read 0)."""
+    covered = {d.address + k for d in draft for k in range(d.width)}
+    return [address for address in sorted(values) if address not in covered]
 
 
 # ============================================================================ results
@@ -507,6 +697,9 @@ class UnitScan:
     unit_id: int
     probe: str
     kinds: dict[str, KindScan] = field(default_factory=dict)
+    identity: dict[str, str] | None = None
+    """FC 43/14 objects by name (``--identify``), or None when not asked or not offered."""
+    identity_error: str | None = None
 
     @property
     def register_count(self) -> int:
@@ -531,6 +724,9 @@ class ScanResult:
     link_error: str | None = None
     garbled: list[int] = field(default_factory=list)
     interrupted: bool = False
+    skip_zeros: bool = True
+    sweep_stopped: bool = False
+    """Ctrl-C ended the unit sweep early; the units found so far were still scanned."""
 
     @property
     def one_register_per_request(self) -> int:
@@ -538,7 +734,8 @@ class ScanResult:
         return len(self.units_probed) + len(self.units) * len(self.kinds) * self.count
 
     def draft(self) -> list[DraftRegister]:
-        """The most plausible register for every responding address of every unit."""
+        """The most plausible register for every responding address of every unit (but the
+        16-bit registers that read 0 when ``skip_zeros``)."""
         several = len(self.units) > 1
         registers: list[DraftRegister] = []
         for unit in self.units:
@@ -546,9 +743,29 @@ class ScanResult:
                 scan = unit.kinds.get(kind)
                 if scan is not None and scan.values:
                     registers.extend(
-                        choose_registers(unit.unit_id, kind, scan.values, prefix_unit=several)
+                        choose_registers(
+                            unit.unit_id,
+                            kind,
+                            scan.values,
+                            prefix_unit=several,
+                            skip_zeros=self.skip_zeros,
+                        )
                     )
         return registers
+
+    def skipped(self) -> list[tuple[int, str, list[int]]]:
+        """(unit, kind, addresses) of the responding registers the draft leaves out."""
+        draft = self.draft()
+        found: list[tuple[int, str, list[int]]] = []
+        for unit in self.units:
+            for kind, scan in unit.kinds.items():
+                if kind in BIT_KINDS or not scan.values:
+                    continue
+                mine = [d for d in draft if (d.unit_id, d.kind) == (unit.unit_id, kind)]
+                addresses = skipped_zeros(scan.values, mine)
+                if addresses:
+                    found.append((unit.unit_id, kind, addresses))
+        return found
 
 
 @dataclass(frozen=True)
@@ -559,6 +776,8 @@ class ScanProgress:
     done: int
     total: int
     detail: str
+    found: int = 0
+    """Units that answered (units phase) or responding addresses (registers phase) so far."""
 
 
 # ============================================================================ I/O: the scan
@@ -583,6 +802,7 @@ class Scanner:
         *,
         on_progress: Callable[[ScanProgress], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        identify: bool = False,
     ) -> None:
         if not units:
             raise UsageError("--units: no unit ids to probe")
@@ -595,6 +815,7 @@ class Scanner:
                 raise UsageError(f'--kind: unknown kind "{kind}"')
         self.link = link
         self.modbus = modbus
+        self.identify = identify
         self.on_progress = on_progress
         self.clock = clock
         self.result = ScanResult(
@@ -615,11 +836,21 @@ class Scanner:
 
         Raises ``DeviceError`` (exit 69) when the port cannot be opened or no unit answered.
         A link lost mid-scan stops it with ``result.link_error`` set (rendered, then 69).
+        Ctrl-C during the unit sweep ends the sweep, not the scan, once a unit has answered:
+        the technician has seen the unit they were waiting for (``result.sweep_stopped``).
         """
         started = self.clock()
         try:
             self.link.connect()
-            self._discover_units()
+            try:
+                self._discover_units()
+            except KeyboardInterrupt:
+                if not self.result.units:
+                    raise
+                self.result.sweep_stopped = True
+                self.link.close()  # a request may have been cut short: start afresh
+                done = self.result.units_done
+                self._progress("units", done, done, "sweep stopped (Ctrl-C)")
             if not self.result.units:
                 if self.result.link_error is not None:
                     raise DeviceError(self.result.link_error)
@@ -627,6 +858,9 @@ class Scanner:
             self._register_total = (
                 len(self.result.units) * len(self.result.kinds) * self.result.count
             )
+            if self.identify:
+                for unit in self.result.units:
+                    self._identify(unit)
             for unit in self.result.units:
                 for kind in self.result.kinds:
                     if self.result.link_error is not None:
@@ -652,7 +886,11 @@ class Scanner:
 
     def _progress(self, phase: str, done: int, total: int, detail: str) -> None:
         if self.on_progress is not None:
-            self.on_progress(ScanProgress(phase, done, total, detail))
+            if phase == "units":
+                found = len(self.result.units)
+            else:
+                found = sum(unit.register_count for unit in self.result.units)
+            self.on_progress(ScanProgress(phase, done, total, detail, found))
 
     def _read(
         self,
@@ -670,6 +908,24 @@ class Scanner:
         )
 
     # ------------------------------------------------------------------ units
+
+    def _identify(self, unit: UnitScan) -> None:
+        """Read Device Identification (FC 43/14); many meters do not offer it (exception 1)."""
+        identify = getattr(self.link, "identify", None)
+        if identify is None:
+            unit.identity_error = "not supported by this link"
+            return
+        self.result.requests += 1
+        try:
+            found = identify(unit.unit_id, timeout=self.modbus.timeout_sec)
+        except ModbusReadError as exc:
+            unit.identity_error = exc.reason
+            return
+        unit.identity = {
+            IDENTITY_NAMES.get(object_id, f"object_{object_id}"): text
+            for object_id, text in sorted(found.objects.items())
+            if text
+        }
 
     def _discover_units(self) -> None:
         result = self.result
@@ -838,6 +1094,8 @@ def result_as_dict(result: ScanResult) -> dict[str, Any]:
                         "byte_order": draft.byte_order,
                         "value": draft.value,
                     }
+                    if draft.length is not None:
+                        entry["draft"]["length"] = draft.length
                 entries.append(entry)
             kinds[kind] = {
                 "registers": entries,
@@ -846,7 +1104,12 @@ def result_as_dict(result: ScanResult) -> dict[str, Any]:
                 ],
                 "complete": scan.done,
             }
-        units.append({"unit_id": unit.unit_id, "probe": unit.probe, "kinds": kinds})
+        entry_unit: dict[str, Any] = {"unit_id": unit.unit_id, "probe": unit.probe}
+        if unit.identity is not None or unit.identity_error is not None:
+            entry_unit["identity"] = unit.identity
+            entry_unit["identity_error"] = unit.identity_error
+        entry_unit["kinds"] = kinds
+        units.append(entry_unit)
     return {
         "port": result.port,
         "units_probed": list(result.units_probed),
@@ -859,7 +1122,12 @@ def result_as_dict(result: ScanResult) -> dict[str, Any]:
         "requests_one_per_register": result.one_register_per_request,
         "elapsed_sec": round(result.elapsed_sec, 3),
         "interrupted": result.interrupted,
+        "sweep_stopped": result.sweep_stopped,
         "link_error": result.link_error,
+        "skipped_zeros": [
+            {"unit_id": unit_id, "kind": kind, "addresses": addresses}
+            for unit_id, kind, addresses in result.skipped()
+        ],
     }
 
 
@@ -906,6 +1174,29 @@ def _comment(register: DraftRegister) -> str:
     return f"# unit {register.unit_id} {register.kind} {register.address}: {shown} ({described})"
 
 
+def _identity_comment(result: ScanResult) -> list[str]:
+    """Comment lines with what each unit said about itself (``--identify``)."""
+    return [
+        f"# Unit {unit.unit_id}: "
+        + ", ".join(f"{name} {text}" for name, text in unit.identity.items()).replace("\n", " ")
+        for unit in result.units
+        if unit.identity
+    ]
+
+
+def _skipped_comment(result: ScanResult) -> list[str]:
+    """Comment lines naming the registers left out because they read 0."""
+    lines: list[str] = []
+    for unit_id, kind, addresses in result.skipped():
+        lines.append(
+            f"# Skipped (read 0, likely reserved): unit {unit_id} {kind} "
+            f"{_describe_ids(addresses)}."
+        )
+    if lines:
+        lines.append("# Scan with --keep-zeros to draft them too.")
+    return lines
+
+
 def draft_toml(result: ScanResult, modbus: ModbusConfig, now: datetime | None = None) -> str:
     """The draft as TOML text: a header, ``[modbus]``, then ``[[modbus.registers_to_read]]``.
 
@@ -920,6 +1211,8 @@ def draft_toml(result: ScanResult, modbus: ModbusConfig, now: datetime | None = 
         f"# Draft written by `nixlog scan-registers` on {stamp} from {result.port}.",
         "# Types and byte orders are the scan's best guess: check each value against the",
         "# device, rename the registers, add scale/units, then add [database] and [api].",
+        *_identity_comment(result),
+        *_skipped_comment(result),
         "",
         tomli_w.dumps({"modbus": section}).rstrip(),
     ]

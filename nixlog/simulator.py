@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import urlsplit
 
+from pymodbus import ModbusDeviceIdentification
 from pymodbus.constants import ExcCodes
 from pymodbus.datastore import ModbusServerContext
 from pymodbus.exceptions import NoSuchIdException
@@ -55,6 +56,7 @@ EXAMPLE_REGISTERS: Final[tuple[RegisterConfig, ...]] = (
 )
 """The register map of ``examples/config.toml`` (a test keeps the two identical)."""
 
+_WRITE_KINDS: Final = {5: "coil", 15: "coil", 6: "holding", 16: "holding"}
 _STATUS_CYCLE: Final = (0x0001, 0x0001, 0x0101, 0x0001, 0x0011)
 
 
@@ -144,6 +146,8 @@ class SimulatorContext(ModbusServerContext):
         clock: Callable[[], float] = time.monotonic,
         extra_units: Iterable[int] = (),
         refuse_unmapped: bool = False,
+        writable: bool = False,
+        identity: dict[str, str] | None = None,
     ) -> None:
         # ModbusServerContext.__init__ builds pymodbus' own device model (and logs a
         # deprecation warning); this class replaces that model entirely.
@@ -154,6 +158,12 @@ class SimulatorContext(ModbusServerContext):
         self.started = clock()
         self.units = frozenset({r.unit_id for r in self.registers} | set(extra_units))
         self.refuse_unmapped = refuse_unmapped
+        # Commissioning tests write registers and read device identification (FC 43/14,
+        # pymodbus answers it from ``identity``: VendorName, ProductCode, MajorMinorRevision...;
+        # pymodbus keeps one identity per process, the last server started sets it).
+        self.writable = writable
+        self.identity = identity
+        self._written: dict[tuple[int, str, int], int | bool] = {}
         self._by_unit_kind: dict[tuple[int, str], list[RegisterConfig]] = {}
         for register in sorted(self.registers, key=lambda r: r.bit is not None):
             # Whole words first, bits after: a flag register then overrides its bit.
@@ -223,6 +233,9 @@ class SimulatorContext(ModbusServerContext):
             for register in members:
                 if start <= register.address < start + count:
                     bits[register.address - start] = bool(self.value_of(register))
+            for (unit, written_kind, address), bit in self._written.items():
+                if (unit, written_kind) == (unit_id, kind) and start <= address < start + count:
+                    bits[address - start] = bool(bit)
             return bits
         words = [0] * count
         for register in members:
@@ -238,6 +251,9 @@ class SimulatorContext(ModbusServerContext):
                 index = register.address + offset - start
                 if 0 <= index < count:
                     words[index] = word
+        for (unit, written_kind, address), word in self._written.items():
+            if (unit, written_kind) == (unit_id, kind) and start <= address < start + count:
+                words[address - start] = int(word)
         return words
 
     def _all_mapped(self, unit_id: int, kind: str, start: int, count: int) -> bool:
@@ -266,7 +282,7 @@ class SimulatorContext(ModbusServerContext):
             fault = self._faults.get(device_id)
         if device_id not in self.units or (fault is not None and fault.silent):
             raise NoSuchIdException(f"unit {device_id} is not on this bus")
-        kind = KIND_OF_FUNCTION_CODE.get(func_code)
+        kind = KIND_OF_FUNCTION_CODE.get(func_code, _WRITE_KINDS.get(func_code))
         if kind is None:
             return ExcCodes.ILLEGAL_FUNCTION
         if fault is not None and fault.delay_sec > 0:
@@ -287,12 +303,21 @@ class SimulatorContext(ModbusServerContext):
         address: int,
         values: Sequence[int] | Sequence[bool],
     ) -> ExcCodes | None:
-        """The simulated device is read-only, like a meter's measurement registers."""
+        """Read-only like a meter's measurements, unless built ``writable``: then the written
+        words (or coils) are served from now on, over the map's values."""
         with self._lock:
             self.requests.append((device_id, func_code, address, len(values)))
         if device_id not in self.units:
             raise NoSuchIdException(f"unit {device_id} is not on this bus")
-        return ExcCodes.ILLEGAL_FUNCTION
+        kind = _WRITE_KINDS.get(func_code)
+        if not self.writable or kind is None:
+            return ExcCodes.ILLEGAL_FUNCTION
+        if address + len(values) > self._valid_end(device_id, kind):
+            return ExcCodes.ILLEGAL_ADDRESS
+        with self._lock:
+            for offset, value in enumerate(values):
+                self._written[(device_id, kind, address + offset)] = value
+        return None
 
 
 def build_simulator_context(
@@ -301,15 +326,30 @@ def build_simulator_context(
     clock: Callable[[], float] = time.monotonic,
     extra_units: Iterable[int] = (),
     refuse_unmapped: bool = False,
+    writable: bool = False,
+    identity: dict[str, str] | None = None,
 ) -> SimulatorContext:
     """The simulated devices for a register map (the example map by default).
 
     ``extra_units`` answer too (with zeros and exception 2); ``refuse_unmapped`` makes reads
-    that include unused addresses fail with exception 2, as some real devices do.
+    that include unused addresses fail with exception 2, as some real devices do;
+    ``writable`` accepts writes of holding registers and coils; ``identity`` is served to
+    Read Device Identification (FC 43/14), e.g. ``{"VendorName": "ACME"}``.
     """
     return SimulatorContext(
-        registers, clock=clock, extra_units=extra_units, refuse_unmapped=refuse_unmapped
+        registers,
+        clock=clock,
+        extra_units=extra_units,
+        refuse_unmapped=refuse_unmapped,
+        writable=writable,
+        identity=identity,
     )
+
+
+def _identity(context: SimulatorContext) -> ModbusDeviceIdentification | None:
+    if context.identity is None:
+        return None
+    return ModbusDeviceIdentification(info_name=dict(context.identity))  # type: ignore[no-untyped-call]
 
 
 def _context(registers: Sequence[RegisterConfig] | SimulatorContext) -> SimulatorContext:
@@ -356,7 +396,11 @@ def serve_tcp(
 
     async def main() -> None:
         server = ModbusTcpServer(
-            context, address=(host, port), ignore_missing_devices=True, framer=FramerType.SOCKET
+            context,
+            address=(host, port),
+            ignore_missing_devices=True,
+            framer=FramerType.SOCKET,
+            identity=_identity(context),
         )
         await _serve(server, stop, f"tcp://{host}:{port}", on_ready)
 
@@ -390,6 +434,7 @@ def serve_serial(
             stopbits=stopbits,
             bytesize=bytesize,
             ignore_missing_devices=True,
+            identity=_identity(context),
         )
         await _serve(server, stop, path, on_ready)
 

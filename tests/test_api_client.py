@@ -128,7 +128,8 @@ def test_gzip_body_is_deterministic_and_decompresses_to_the_json() -> None:
     ],
 )
 def test_classify_status(status: int, kind: str) -> None:
-    """Each status maps to the handling of DESIGN §7 (501 and 404 are endpoint problems)."""
+    """Each status maps to the handling of ARCHITECTURE.md: Shipping (501 and 404 are endpoint
+    problems)."""
     assert classify_status(status) == kind
 
 

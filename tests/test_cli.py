@@ -30,7 +30,7 @@ COMMANDS = [
 
 @pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
 def test_every_command_has_help(command: list[str]) -> None:
-    """Each DESIGN §4 command is registered and explains itself with --help."""
+    """Each command of the README's table is registered and explains itself with --help."""
     result = CliRunner().invoke(app, [*command, "--help"])
     assert result.exit_code == 0, result.output
     assert "Usage:" in result.stdout

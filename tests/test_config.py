@@ -59,7 +59,7 @@ def test_golden_bad_config(case: str, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_defaults_of_every_key(tmp_path: Path) -> None:
-    """A minimal config gets every documented default (DESIGN §3)."""
+    """A minimal config gets every documented default (examples/config.toml)."""
     cfg = load_text(tmp_path, MINIMAL)
     assert cfg.device.id is None
     assert cfg.database.path == Path("/var/lib/nixlog/datalog.db")

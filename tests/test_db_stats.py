@@ -29,6 +29,7 @@ STABLE_KEYS = [
     "free_disk_bytes",
     "last_publish",
     "pruned_sent",
+    "pruned_rejected",
     "pruned_unsent",
     "epoch",
     "lost_unwritten",

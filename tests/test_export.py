@@ -177,7 +177,7 @@ def test_cli_export_to_file_with_relative_since(
     code, out, err = _cli("export", "-c", str(config_file), "--since", "24h", "-o", str(target))
     assert code == 0
     assert out == ""
-    assert "Wrote 1 readings" in err
+    assert "Wrote 1 reading to" in err
     rows = list(csv.reader(io.StringIO(target.read_text(encoding="utf-8"))))
     assert [row[0] for row in rows[1:]] == ["2"]
     assert not target.with_name("out.csv.part").exists()

@@ -148,3 +148,68 @@ def test_request_out_of_range_is_refused() -> None:
         rtu_request(1, 6, 0, 1)
     with pytest.raises(ValueError, match="out of range"):
         rtu_request(1, 3, 0, 0)
+
+
+# ----------------------------------------------------------------------------- writes, FC 43/14
+
+from nixlog.frames import (  # noqa: E402  (grouped with the tests that use them)
+    answer_pdu_length,
+    check_answer,
+    device_id_pdu,
+    encode_device_id_answer,
+    parse_device_id,
+    write_pdu,
+)
+
+
+def test_write_golden_frames() -> None:
+    """FC 6 of 0x0003 at 1 and FC 5 "on" at 0xAC are the spec's examples."""
+    assert write_pdu(6, 1, [3]) == bytes.fromhex("0600010003")
+    assert write_pdu(5, 0xAC, [True]) == bytes.fromhex("0500ACFF00")
+    assert write_pdu(16, 1, [0x000A, 0x0102]) == bytes.fromhex("100001000204000A0102")
+
+
+@given(starts, st.lists(st.integers(0, 0xFFFF), min_size=1, max_size=123))
+def test_write_answer_is_the_echo(start: int, words: list[int]) -> None:
+    """A write is answered by the echo of function, address and value/count: accepted as
+    5 bytes; any other echo is refused; an exception answer gives its code."""
+    function = 6 if len(words) == 1 else 16
+    if start + len(words) > 0x10000:
+        return
+    request = write_pdu(function, start, words)
+    echo = request[:5]
+    assert answer_pdu_length(request, echo[:1]) == 5
+    assert check_answer(request, echo) is None
+    assert check_answer(request, bytes([function | 0x80, 2])) == 2
+    wrong = echo[:4] + bytes([echo[4] ^ 1])
+    with pytest.raises(FrameError):
+        check_answer(request, wrong)
+
+
+@given(
+    st.dictionaries(
+        st.integers(0, 6),
+        st.binary(min_size=0, max_size=30).map(lambda b: b.replace(b"\0", b"")),
+        max_size=7,
+    )
+)
+def test_device_id_round_trip(objects: dict[int, bytes]) -> None:
+    """An FC 43/14 answer built and parsed back gives the same objects; its length is known
+    from its prefix byte by byte (never beyond what has arrived plus what must follow)."""
+    request = device_id_pdu(1, 0)
+    answer = encode_device_id_answer(1, objects)
+    for cut in range(1, len(answer)):
+        assert answer_pdu_length(request, answer[:cut]) > cut
+    assert answer_pdu_length(request, answer) == len(answer)
+    assert check_answer(request, answer) is None
+    parsed = parse_device_id(answer)
+    assert parsed.objects == {k: v.decode("latin-1").rstrip(" ") for k, v in objects.items()}
+
+
+def test_device_id_exception_and_wrong_length() -> None:
+    """Exception 1 (not offered) is a code; a truncated answer is refused."""
+    request = device_id_pdu()
+    assert check_answer(request, bytes([0xAB, 1])) == 1
+    answer = encode_device_id_answer(1, {0: b"ACME"})
+    with pytest.raises(FrameError):
+        check_answer(request, answer[:-1])

@@ -17,7 +17,7 @@ KEY = "receiver-key"
 
 
 def batch(*ids: str, device: str = "dev") -> dict[str, object]:
-    """A valid DESIGN §7 body holding readings with these ids."""
+    """A valid API batch body holding readings with these ids."""
     return {
         "device_id": device,
         "readings": [
@@ -84,7 +84,7 @@ def test_other_key_header_takes_the_raw_key() -> None:
     ],
 )
 def test_malformed_batches_are_refused_with_400(rx: Receiver, body: bytes, problem: str) -> None:
-    """Bodies that are not a DESIGN §7 batch get 400 with a one-line reason."""
+    """Bodies that are not an API batch get 400 with a one-line reason."""
     response = post(rx.url, body)
     assert response.status_code == 400 and problem in response.json()["error"]
 

@@ -223,11 +223,11 @@ def test_cli_human_output_shows_tables_and_summary(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The human output lists each responding address with raw hex, the interpretations,
-    the draft choice, and a summary line with the request count."""
+    """The human output (--wide) lists each responding address with raw hex, the
+    interpretations, the draft choice, and a summary line with the request count."""
     server = start_simulator(sparse_context((3,)))
     result = invoke(
-        ["scan-registers", "--port", server.address, "--units", "3", "--count", "20"],
+        ["scan-registers", "--port", server.address, "--units", "3", "--count", "20", "--wide"],
         tmp_path,
         monkeypatch,
     )
@@ -238,7 +238,7 @@ def test_cli_human_output_shows_tables_and_summary(
     assert "hr_0 float32 ABCD = 230.5" in out
     assert "hr_2 int32 CDAB = -1234" in out
     assert "(part of hr_0)" in out
-    assert "1 of 1 probed unit ids answered (3)" in out
+    assert "1 of 1 probed unit id answered (3)" in out
     assert result.stderr == ""
 
 
@@ -400,37 +400,55 @@ def test_config_bus_settings_are_used_and_options_override(
     assert document["timeout_sec"] == 0.1 and document["port"] == server.address
 
 
-def test_ctrl_c_prints_what_was_found_and_exits_130(
-    start_simulator: Callable[..., SimulatorServer], tmp_path: Path
-) -> None:
-    """SIGINT mid-sweep stops the scan, prints the units found so far, then exits 130."""
-    context = sparse_context((1,))
-    server = start_simulator(context)
+def _scan_process(port: str, tmp_path: Path, *extra: str) -> subprocess.Popen[str]:
     env = {**os.environ, "NIXLOG_CONFIG": ""}
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "nixlog",
-            "scan-registers",
-            "--port",
-            server.address,
-            "--units",
-            "1-247",
-            "--timeout",
-            "0.2",
-        ],
+    return subprocess.Popen(
+        [sys.executable, "-m", "nixlog", "scan-registers", "--port", port, *extra],
         cwd=tmp_path,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def test_ctrl_c_in_the_unit_sweep_scans_the_units_found(
+    start_simulator: Callable[..., SimulatorServer], tmp_path: Path
+) -> None:
+    """SIGINT mid-sweep ends the sweep, not the scan: the unit that answered is still
+    scanned, its registers shown and drafted, and the command exits 0."""
+    context = sparse_context((1,))
+    server = start_simulator(context)
+    draft = tmp_path / "draft.toml"
+    process = _scan_process(
+        server.address, tmp_path, "--units", "1-247", "--timeout", "0.2", "--output", str(draft)
+    )
     deadline = time.monotonic() + 15
     while context.request_count() < 3 and time.monotonic() < deadline:
         time.sleep(0.05)  # wait until unit 1 answered and the silent ids are being probed
     process.send_signal(signal.SIGINT)
-    stdout, stderr = process.communicate(timeout=15)
+    stdout, stderr = process.communicate(timeout=30)
+    assert process.returncode == 0, (stdout, stderr)
+    assert "(unit sweep stopped by Ctrl-C)" in stdout and "answered (1)" in stdout
+    assert "hr_0 float32 ABCD = 230.5" in stdout
+    assert "Unit sweep stopped; scanning the units found so far" in stderr
+    assert 'name = "hr_0"' in draft.read_text(encoding="utf-8")
+    assert "Traceback" not in stderr
+
+
+def test_second_ctrl_c_stops_the_scan_and_exits_130(
+    start_simulator: Callable[..., SimulatorServer], tmp_path: Path
+) -> None:
+    """SIGINT during the register scan stops it: what was found is printed, exit 130."""
+    context = sparse_context((1,))
+    context.delay(1, 0.3)  # slow answers: the register scan is still running at the signal
+    server = start_simulator(context)
+    process = _scan_process(server.address, tmp_path, "--units", "1", "--timeout", "1")
+    deadline = time.monotonic() + 15
+    while context.request_count() < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=30)
     assert process.returncode == 130, (stdout, stderr)
     assert "(interrupted)" in stdout and "answered (1)" in stdout
     assert stderr.strip().splitlines()[-1] == "Interrupted."

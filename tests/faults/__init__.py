@@ -1,1 +1,1 @@
-"""End-to-end fault-injection tests of the real daemon (DESIGN §9); see README.md here."""
+"""End-to-end fault-injection tests of the real daemon (README: Guarantees); see README.md here."""

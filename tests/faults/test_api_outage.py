@@ -1,7 +1,7 @@
 """The API down for a long stretch: polling keeps its rate, retries back off, backlog drains.
 
-DESIGN §9: "Nothing is lost ... on API outages of any length"; §7: retry "with capped
-exponential backoff with jitter, forever". The outage is compressed in time: 6 s in CI,
+The guarantees (README: Guarantees): "Nothing is lost ... on API outages of any length"; retry "with
+capped exponential backoff with jitter, forever". The outage is compressed in time: 6 s in CI,
 ``NIXLOG_OUTAGE_SECONDS`` (default 600: long enough to reach the 300 s cap) in full mode.
 """
 

@@ -1,9 +1,9 @@
 """The wall clock steps back an hour mid-run: no reading lost, the queue keeps its order.
 
 A Raspberry Pi has no RTC: NTP steps the clock at boot, and an operator may set it by hand.
-DESIGN §6: "The queue is ordered by id, never by timestamp". The real daemon runs under
-libfaketime (Debian package ``faketime``) with an offset file it re-reads on every call;
-only the wall clock moves (``FAKETIME_DONT_FAKE_MONOTONIC=1``), as with a real clock step.
+ARCHITECTURE.md (Storage): "The queue is ordered by id, never by timestamp". The real daemon runs
+under libfaketime (Debian package ``faketime``) with an offset file it re-reads on every call; only
+the wall clock moves (``FAKETIME_DONT_FAKE_MONOTONIC=1``), as with a real clock step.
 """
 
 from __future__ import annotations

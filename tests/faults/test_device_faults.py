@@ -1,9 +1,10 @@
 """Device faults: the serial port vanishes and returns, TCP resets, answers come too late.
 
-DESIGN §9: "Nothing is lost ... on a dead device"; §5: "Connection loss (USB unplug, TCP
-reset) is retried with capped backoff; the poller never dies", and a late answer is never
-taken for the answer to the next request. Every register serves a distinctive pinned value;
-every value stored must be exactly that value, or absent (listed in the reading's errors).
+The guarantees (README: Guarantees): "Nothing is lost ... on a dead device"; "Connection loss (USB
+unplug, TCP reset) is retried with capped backoff; the poller never dies", and a late answer is
+never taken for the answer to the next request (ARCHITECTURE.md: Modbus). Every register serves a
+distinctive pinned value; every value stored must be exactly that value, or absent (listed in the
+reading's errors).
 """
 
 from __future__ import annotations

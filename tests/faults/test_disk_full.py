@@ -1,9 +1,9 @@
 """The disk fills up: polling continues, the pruner makes room oldest first, nothing wedges.
 
-A real small filesystem: a tmpfs in a private mount namespace (``unshare --mount``; the
-daemon joins it with ``nsenter``), filled to the last byte by a ballast file, as a runaway
-log of another program would. DESIGN §9: pruning "deletes oldest first, sent before unsent,
-and says what it deleted"; the database is never corrupted.
+A real small filesystem: a tmpfs in a private mount namespace (``unshare --mount``; the daemon joins
+it with ``nsenter``), filled to the last byte by a ballast file, as a runaway log of another program
+would. The guarantee (README: Guarantees): pruning "deletes oldest first, sent before unsent, and
+says what it deleted"; the database is never corrupted.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """kill -9 at random moments: committed readings survive, ids are never reused, all delivered.
 
-DESIGN §9: "On a crash (kill -9) at most the unwritten bin is lost: ``batch_size`` readings or
-``flush_interval_sec`` seconds, whichever is smaller; the database is never corrupted."
+The guarantee (README: Guarantees): "On a crash (kill -9) at most the unwritten bin is lost:
+``batch_size`` readings or ``flush_interval_sec`` seconds, whichever is smaller; the database is
+never corrupted."
 """
 
 from __future__ import annotations
