@@ -32,6 +32,7 @@ STABLE_KEYS = [
     "pruned_unsent",
     "epoch",
     "lost_unwritten",
+    "outputs",
 ]
 
 
