@@ -44,9 +44,9 @@ from nixlog.registers import (
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from nixlog.api_client import PublishResult
     from nixlog.config import DatabaseConfig
     from nixlog.database import PruneReport
+    from nixlog.outputs import PublishResult
 
 # ============================================================== station 1: poll (poll issue)
 
@@ -882,7 +882,7 @@ def _reject(rid: int, result: PublishResult, settled: _Settled) -> None:
 
 
 def _refused_everything(result: PublishResult) -> PublishResult:
-    from nixlog.api_client import PublishResult
+    from nixlog.outputs import PublishResult
 
     return PublishResult(
         "endpoint",

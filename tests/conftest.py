@@ -3,6 +3,7 @@
 pytest_plugins = [
     "tests.fixtures_modbus",
     "tests.fixtures_http",
+    "tests.fixtures_mqtt",
     "tests.fixtures_db",
     "tests.daemon_helpers",
 ]
