@@ -65,6 +65,9 @@ class Broker:
             "max_inflight_messages 100",
             f"log_dest file {directory}/mosquitto.log",
         ]
+        if os.geteuid() == 0:
+            # As root, mosquitto drops to the "mosquitto" user, which cannot read tmp_path.
+            lines.append("user root")
         if users:
             password_file = directory / "passwd"
             password_file.write_text(
@@ -85,15 +88,17 @@ class Broker:
 
     def start(self, timeout: float = 10.0) -> Broker:
         """Start the broker and wait until its port answers."""
+        self._stderr = (self.directory / "stderr.log").open("ab")
         self.process = subprocess.Popen(
             [MOSQUITTO, "-c", str(self.config)],
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stderr=self._stderr,
         )
         deadline = time.monotonic() + timeout
         while not _port_open(self.port):
             if self.process.poll() is not None or time.monotonic() > deadline:
-                log = (self.directory / "mosquitto.log").read_text(errors="replace")[-2000:]
+                self.stop(kill=True)
+                log = (self.directory / "stderr.log").read_text(errors="replace")[-2000:]
                 raise RuntimeError(f"mosquitto did not start: {log}")
             time.sleep(0.05)
         return self
@@ -102,9 +107,11 @@ class Broker:
         """Stop it (SIGTERM: it saves its store; ``kill``: SIGKILL, a crash)."""
         if self.process is None:
             return
-        self.process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
         self.process.wait(timeout=10)
         self.process = None
+        self._stderr.close()
 
     @property
     def url(self) -> str:
