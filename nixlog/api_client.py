@@ -219,7 +219,7 @@ class ApiClient:
         if self.api.format == "thingsboard":
             return formats.thingsboard_telemetry(rows)
         if self.api.format == "influx":
-            return formats.influx_lines(self.device_id, rows)
+            return formats.influx_lines(rows)
         return transform_for_api(self.device_id, self.epoch, rows)
 
     def body(self, rows: Sequence[StoredReading]) -> bytes:
@@ -236,8 +236,8 @@ class ApiClient:
         """Where the batch goes: the endpoint, or the format's path under it."""
         base = self.api.endpoint.rstrip("/")
         if self.api.format == "thingsboard":
-            token = self.api.api_key.reveal() if reveal_key else "********"
-            return f"{base}/api/v1/{quote(token, safe='')}/telemetry"
+            token = quote(self.api.api_key.reveal(), safe="") if reveal_key else "********"
+            return f"{base}/api/v1/{token}/telemetry"
         if self.api.format == "influx":
             if self.api.influx_db is not None:
                 return f"{base}/write?" + urlencode({"db": self.api.influx_db, "precision": "ns"})

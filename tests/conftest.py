@@ -4,6 +4,7 @@ pytest_plugins = [
     "tests.fixtures_modbus",
     "tests.fixtures_http",
     "tests.fixtures_mqtt",
+    "tests.fixtures_influx",
     "tests.fixtures_db",
     "tests.daemon_helpers",
 ]

@@ -142,8 +142,11 @@ def _field_value(value: Value) -> str | None:
     return f'"{value.translate(_STRING_ESCAPES)}"'
 
 
-def influx_line(device_id: str, row: StoredReading) -> str | None:
-    """One reading as a line, or None when it has no value to write (all registers failed)."""
+def influx_line(row: StoredReading) -> str | None:
+    """One reading as a line, or None when it has no value to write (all registers failed).
+
+    The ``device_id`` tag is the one the reading was stored under (as ``nixlog export``).
+    """
     fields = []
     for name, value in row.values.items():
         text = _field_value(value)
@@ -151,7 +154,7 @@ def influx_line(device_id: str, row: StoredReading) -> str | None:
             fields.append(f"{_key(name)}={text}")
     if not fields:
         return None
-    tags = f",device_id={_key(device_id)}"
+    tags = f",device_id={_key(row.device_id)}"
     if row.device:
         tags += f",device={_key(row.device)}"
     return (
@@ -160,10 +163,10 @@ def influx_line(device_id: str, row: StoredReading) -> str | None:
     )
 
 
-def influx_lines(device_id: str, rows: Sequence[StoredReading]) -> str:
+def influx_lines(rows: Sequence[StoredReading]) -> str:
     """The line protocol body for ``rows`` (readings without any value are left out).
 
     Empty when no reading has a value: there is then nothing to write.
     """
-    lines = [line for line in (influx_line(device_id, row) for row in rows) if line is not None]
+    lines = [line for line in (influx_line(row) for row in rows) if line is not None]
     return "".join(line + "\n" for line in lines)
