@@ -27,6 +27,7 @@ from nixlog.receiver import ReceivedRequest, Receiver, Reply
 from tests.fixtures_db import fill
 from tests.fixtures_influx import Influx
 
+
 def _row(values: dict[str, Any], **kw: Any) -> StoredReading:
     fields: dict[str, Any] = {
         "id": 7,
