@@ -521,7 +521,11 @@ def _publish_dry_run(client: Any, rows: list[Any], endpoint: str) -> None:
     )
     for name, value in headers.items():
         stderr.print(f"  {escape(name)}: {escape(value)}")
-    typer.echo(json.dumps(client.payload(rows), indent=2, ensure_ascii=False))
+    payload = client.payload(rows)
+    if isinstance(payload, str):  # InfluxDB line protocol: shown as it is sent
+        typer.echo(payload, nl=False)
+        return
+    typer.echo(json.dumps(payload, indent=2, ensure_ascii=False))
 
 
 def _render_publish(summary: Any, backlog: int, prefix: str = "") -> None:

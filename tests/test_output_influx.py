@@ -258,3 +258,41 @@ def test_thingsboard_device_http_api(db: sqlite3.Connection, tmp_path: Path) -> 
         assert database.count_unsent(db) == 3
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ('format = "influx"', "api.influx_db: format influx needs influx_db"),
+        ('format = "influx"\ninflux_db = "a"\ninflux_org = "o"', "not both"),
+        ('format = "influx"\ninflux_org = "o"', "api.influx_db: format influx needs"),
+        ('influx_db = "a"', 'api.influx_db: only used with format = "influx"'),
+        ('format = "prometheus"', "api.format: unknown format"),
+    ],
+)
+def test_bad_api_format_config_is_one_line(config_file: Path, toml: str, message: str) -> None:
+    """Each mistake in the format keys of ``[api]`` is exit 78 with one line naming the key."""
+    config_file.write_text(
+        config_file.read_text() + f'\n[api]\nendpoint = "http://127.0.0.1:1"\n{toml}\n'
+    )
+    result = CliRunner().invoke(
+        app, ["config", "check", "-c", str(config_file)], env={"NIXLOG_API_KEY": "k"}
+    )
+    assert result.exit_code == 78, result.output
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_influx_without_a_key_sends_no_authorization(config_file: Path) -> None:
+    """InfluxDB 1.x without auth: no key needed, none sent; the dry run shows line protocol."""
+    config_file.write_text(
+        config_file.read_text() + INFLUX_API.format(url="http://127.0.0.1:1", batch=10)
+    )
+    conn = database.open_db(Path(config_file.parent / "data" / "nixlog.db"))
+    try:
+        fill(conn, 2)
+    finally:
+        conn.close()
+    result = CliRunner().invoke(app, ["publish", "--dry-run", "-c", str(config_file)], env={})
+    assert result.exit_code == 0, result.output
+    assert "Authorization" not in result.stderr and "/write?db=plant&precision=ns" in result.stderr
+    assert result.stdout.startswith("nixlog,device_id=dev-1 voltage_l1=230.0,current_l1=0i,")

@@ -128,3 +128,37 @@ def test_broker_outage_long(
     """Broker down 20 s (or ``NIXLOG_BROKER_OUTAGE_SECONDS``): the same, with longer backoff."""
     seconds = float(os.environ.get("NIXLOG_BROKER_OUTAGE_SECONDS", "20"))
     broker_outage(tmp_path, tcp_simulator, receiver, broker, processes, seconds)
+
+
+def test_stop_is_a_deadline_with_a_frozen_broker(
+    tmp_path: Path,
+    tcp_simulator: SimulatorServer,
+    broker: Broker,
+    processes: list[DaemonProcess],
+) -> None:
+    """Broker frozen (SIGSTOP: connected, no PUBACK ever): SIGTERM still exits 0 within 5 s."""
+    import signal
+
+    config = daemon_config(tmp_path, tcp_simulator.address, None, poll_rate_hz=20.0)
+    config.write_text(
+        config.read_text(encoding="utf-8")
+        + f'\n[mqtt]\nurl = "{broker.url}"\nbatch_size = 20\npublish_interval_sec = 0.2\n'
+        "timeout_sec = 30\n",
+        encoding="utf-8",
+    )
+    subscriber = Subscriber(broker.port, "nixlog/#")
+    daemon = DaemonProcess(config)
+    processes.append(daemon)
+    assert broker.process is not None
+    try:
+        wait_until(lambda: len(subscriber.reading_ids()) >= 20, 20, "MQTT deliveries", daemon)
+        broker.process.send_signal(signal.SIGSTOP)
+        time.sleep(1.5)  # a batch is now waiting for a PUBACK that will not come
+        code, seconds = daemon.terminate()
+        assert code == 0, daemon.log[-3000:]
+        assert seconds < 5.0, seconds
+        assert "Traceback" not in daemon.log
+        report(f"broker frozen mid-batch: the daemon stopped in {seconds:.2f} s")
+    finally:
+        broker.process.send_signal(signal.SIGCONT)
+        subscriber.close()
