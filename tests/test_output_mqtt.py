@@ -299,3 +299,21 @@ def test_bad_mqtt_config_is_one_line(config_file: Path, toml: str, message: str)
     result = CliRunner().invoke(app, ["config", "check", "-c", str(config_file)])
     assert result.exit_code == 78, result.output
     assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_dry_run_shows_each_message_and_connects_to_nothing(
+    config_file: Path, db: sqlite3.Connection
+) -> None:
+    """``publish --output mqtt --dry-run``: topic and body of each message; no connection made."""
+    fill(db, 3)
+    port = free_port()  # nothing listens: a connection attempt would fail the publish
+    config_file.write_text(config_file.read_text() + MQTT_CONFIG.format(port=port))
+    result = CliRunner().invoke(
+        app, ["publish", "-c", str(config_file), "--output", "mqtt", "--dry-run"]
+    )
+    assert result.exit_code == 0, result.output
+    assert f"Would publish 3 readings (seq 1..3) to mqtt://127.0.0.1:{port}" in result.stderr
+    messages = json.loads(result.stdout)
+    assert [m["topic"] for m in messages] == ["nixlog/dev-1/readings"]
+    assert [r["seq"] for r in messages[0]["payload"]["readings"]] == [1, 2, 3]
+    assert database.count_unsent(db, "mqtt") == 3
