@@ -143,3 +143,13 @@ def test_a_dead_broker_counts_failures_and_does_not_hold_up_the_api(
     }
     table = CliRunner().invoke(app, ["db", "stats", "-c", str(config_file)])
     assert "output mqtt" in table.stdout and "10 unsent" in table.stdout
+
+
+def test_output_names_an_output_that_is_configured(config_file: Path) -> None:
+    """``--output mqtt`` without ``[mqtt]`` is exit 78; an unknown name is a usage error."""
+    result = CliRunner().invoke(app, ["publish", "-c", str(config_file), "--output", "mqtt"])
+    assert result.exit_code == 78, result.output
+    assert "mqtt: section missing" in result.stderr and "Traceback" not in result.stderr
+    result = CliRunner().invoke(app, ["publish", "-c", str(config_file), "--output", "kafka"])
+    assert result.exit_code == 2, result.output
+    assert "--output" in result.stderr
