@@ -593,6 +593,11 @@ _UNSENT_WHERE: Final = (
 )
 
 
+_OUTPUT_UNSENT_WHERE: Final = (
+    "id > coalesce((SELECT CAST(value AS INTEGER) FROM meta WHERE key = :key), 0)"
+)
+
+
 def _stored(row: sqlite3.Row | tuple[Any, ...], sent_flag: int = SENT_UNSENT) -> StoredReading:
     rid, timestamp, cpu_id, data, errors = row[:5]
     return StoredReading(
@@ -609,19 +614,13 @@ def get_unsent_readings(
     conn: sqlite3.Connection, limit: int, output: str = API_OUTPUT
 ) -> list[StoredReading]:
     """Up to ``limit`` readings ``output`` lacks, oldest first by id (never sent or rejected)."""
-    if output != API_OUTPUT:
-        with _reading(conn, f"reading readings unsent to {output}"):
-            rows = conn.execute(
-                "SELECT id, timestamp, cpu_id, data, errors FROM reading_rows "
-                "WHERE id > ? ORDER BY id LIMIT ?",
-                (_output_mark(conn, output), int(limit)),
-            ).fetchall()
-        return [_stored(row) for row in rows]
+    # One statement for every output: an output's mark is read in the same snapshot.
+    where = _UNSENT_WHERE if output == API_OUTPUT else _OUTPUT_UNSENT_WHERE
     with _reading(conn, "reading unsent readings"):
         rows = conn.execute(
             f"SELECT id, timestamp, cpu_id, data, errors FROM reading_rows "
-            f"WHERE {_UNSENT_WHERE} ORDER BY id LIMIT ?",
-            (int(limit),),
+            f"WHERE {where} ORDER BY id LIMIT :limit",
+            {"limit": int(limit), "key": f"sent_upto.{output}"},
         ).fetchall()
     return [_stored(row) for row in rows]
 
