@@ -50,7 +50,7 @@ def test_line_protocol_types_escaping_and_nanoseconds() -> None:
     )
     assert line == (
         "nixlog,device_id=gw-1,device=meter\\ 1\\,a\\=b "
-        'p=1.5,n=-3i,b=true,s="say \\"hi\\", a=b \\\\ ok\\nnext",big=1e+20 '
+        'p=1.5,n=-3i,b=true,s="say \\"hi\\", a=b \\\\ ok\nnext",big=1e+20 '
         "1795694400123456000"
     )
 
@@ -96,7 +96,7 @@ def ship_and_compare(
 ) -> None:
     """Ship ``count`` readings with ``nixlog publish``; every point equals ``nixlog export``."""
     fill(db, count - 3, batch=1000)
-    odd = 'quote " comma , equals = space  backslash \\ end'
+    odd = 'quote " comma , equals = space  backslash \\ newline \n end'
     database.batch_insert_readings(
         db,
         "dev-1",

@@ -124,7 +124,8 @@ def thingsboard_gateway(rows: Iterable[StoredReading]) -> dict[str, list[dict[st
 # Line protocol escaping (docs.influxdata.com, "Line protocol", special characters).
 _MEASUREMENT_ESCAPES: Final = str.maketrans({",": r"\,", " ": r"\ ", "\n": r"\n"})
 _KEY_ESCAPES: Final = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ ", "\n": r"\n"})
-_STRING_ESCAPES: Final = str.maketrans({'"': r"\"", "\\": "\\\\", "\n": r"\n"})
+# A string field value may hold a raw newline (InfluxDB stores it as such); names cannot.
+_STRING_ESCAPES: Final = str.maketrans({'"': r"\"", "\\": "\\\\"})
 
 
 def _key(text: str) -> str:
