@@ -1,4 +1,9 @@
-"""Shipping adapter: the only module that imports httpx.
+"""The HTTP output: the only module that imports httpx (``nixlog.outputs.http`` names it).
+
+``api.format`` picks the body: ``nixlog`` (below), ``thingsboard`` (device telemetry under
+``<endpoint>/api/v1/<key>/telemetry``) or ``influx`` (line protocol to InfluxDB 1.x
+``/write?db=`` or 2.x ``/api/v2/write?org=&bucket=`` with ``Authorization: Token``); the
+bodies themselves are built in ``nixlog.outputs.formats``. Status handling is the same for all.
 
 ``transform_for_api`` builds the JSON body of one batch and is pure. ``ApiClient.publish_data``
 posts one batch and turns every answer and every httpx exception into a ``PublishResult`` whose
@@ -28,27 +33,40 @@ from __future__ import annotations
 
 import email.utils
 import gzip as gzip_module
-import json
 import math
 import re
 import ssl
 import threading
 import time
 import zlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, Final, Literal
+from typing import Any, Final
+from urllib.parse import quote, urlencode
 
 import httpx
 
 from nixlog import __version__
 from nixlog.config import ApiConfig
 from nixlog.errors import ConfigError
-from nixlog.model import StoredReading, Value
+from nixlog.model import StoredReading
+from nixlog.outputs import PublishResult, ResultKind
+from nixlog.outputs.formats import encode_body, reading_id, transform_for_api
 
-ResultKind = Literal["delivered", "temporary", "auth", "endpoint", "too_large", "refused"]
+__all__ = [
+    "ApiClient",
+    "PublishResult",
+    "ResultKind",
+    "classify_status",
+    "encode_body",
+    "idempotency_key",
+    "parse_retry_after",
+    "reading_id",
+    "transform_for_api",
+]
+
 
 MAX_RETRY_AFTER_SEC: Final = 3600.0
 """A ``Retry-After`` longer than an hour is taken as an hour: a typo on the server must not
@@ -65,82 +83,11 @@ _CANCEL_POLL_SEC: Final = 0.05
 _DIGITS: Final = re.compile(r"[0-9]+")
 
 
-@dataclass(frozen=True)
-class PublishResult:
-    """What became of one POST: ``kind`` decides the rows' fate, the rest explains it.
-
-    ``retry_after`` is the server's ``Retry-After`` in seconds (already clamped) or None.
-    ``detail`` is one line for logs and errors; it never contains the API key.
-    """
-
-    kind: ResultKind
-    status: int | None = None
-    retry_after: float | None = None
-    detail: str = ""
-
-    @property
-    def ok(self) -> bool:
-        """True when the server acknowledged the batch (2xx)."""
-        return self.kind == "delivered"
-
-
-def reading_id(device_id: str, epoch: str, seq: int) -> str:
-    """The global id of a stored reading: stable across retries, unique across databases."""
-    return f"{device_id}-{epoch}-{seq}"
-
-
 def idempotency_key(device_id: str, epoch: str, rows: Sequence[StoredReading]) -> str:
     """``<device_id>-<epoch>-<first seq>-<last seq>``: the same batch always gets the same key."""
     if not rows:
         raise ValueError("idempotency_key needs at least one reading")
     return f"{device_id}-{epoch}-{rows[0].id}-{rows[-1].id}"
-
-
-def _json_safe(
-    values: Mapping[str, Value], errors: Mapping[str, str]
-) -> tuple[dict[str, Value], dict[str, str]]:
-    """Move non-finite floats (a sensor fault decoded as float) from values to errors.
-
-    JSON has no NaN or Infinity; sending them produces a body a strict server refuses, which
-    would get the reading rejected. As an error the fault stays visible and the reading ships.
-    """
-    clean: dict[str, Value] = {}
-    extra: dict[str, str] = dict(errors)
-    for name, value in values.items():
-        if isinstance(value, float) and not math.isfinite(value):
-            extra[name] = f"non-finite value ({value})"
-        else:
-            clean[name] = value
-    return clean, extra
-
-
-def transform_for_api(device_id: str, epoch: str, rows: Sequence[StoredReading]) -> dict[str, Any]:
-    """The JSON body of one batch for ``rows`` (pure).
-
-    Every reading carries ``id`` (``<device_id>-<epoch>-<seq>``), ``seq`` (the row id),
-    ``timestamp`` and ``values``; ``errors`` only when a register failed.
-    """
-    readings: list[dict[str, Any]] = []
-    for row in rows:
-        values, errors = _json_safe(row.values, row.errors)
-        item: dict[str, Any] = {
-            "id": reading_id(device_id, epoch, row.id),
-            "seq": row.id,
-            "timestamp": row.timestamp,
-            "values": values,
-        }
-        if errors:
-            item["errors"] = errors
-        readings.append(item)
-    return {"device_id": device_id, "readings": readings}
-
-
-def encode_body(payload: Mapping[str, Any], *, compress: bool) -> bytes:
-    """Serialise a payload compactly (strict JSON), gzipped when ``compress``."""
-    body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    data = body.encode("utf-8")
-    # mtime=0 keeps the same batch byte-identical across retries.
-    return gzip_module.compress(data, compresslevel=6, mtime=0) if compress else data
 
 
 def parse_retry_after(value: str | None, now: datetime) -> float | None:
@@ -260,20 +207,62 @@ class ApiClient:
         """Close the connection pool."""
         self._client.close()
 
-    def payload(self, rows: Sequence[StoredReading]) -> dict[str, Any]:
-        """The body ``publish_data(rows)`` would send (used by ``publish --dry-run``)."""
+    name = "api"
+
+    def payload(self, rows: Sequence[StoredReading]) -> Any:
+        """The body ``publish_data(rows)`` would send (used by ``publish --dry-run``).
+
+        A JSON document for the nixlog and thingsboard formats, line protocol text for influx.
+        """
+        from nixlog.outputs import formats
+
+        if self.api.format == "thingsboard":
+            return formats.thingsboard_telemetry(rows)
+        if self.api.format == "influx":
+            return formats.influx_lines(rows)
         return transform_for_api(self.device_id, self.epoch, rows)
+
+    def body(self, rows: Sequence[StoredReading]) -> bytes:
+        """The encoded body (gzipped when ``api.gzip``)."""
+        return self._encode(self.payload(rows))
+
+    def _encode(self, payload: Any) -> bytes:
+        if isinstance(payload, str):
+            data = payload.encode("utf-8")
+            return gzip_module.compress(data, compresslevel=6, mtime=0) if self.api.gzip else data
+        return encode_body(payload, compress=self.api.gzip)
+
+    def url(self, *, reveal_key: bool = False) -> str:
+        """Where the batch goes: the endpoint, or the format's path under it."""
+        base = self.api.endpoint.rstrip("/")
+        if self.api.format == "thingsboard":
+            token = quote(self.api.api_key.reveal(), safe="") if reveal_key else "********"
+            return f"{base}/api/v1/{token}/telemetry"
+        if self.api.format == "influx":
+            if self.api.influx_db is not None:
+                return f"{base}/write?" + urlencode({"db": self.api.influx_db, "precision": "ns"})
+            query = {
+                "org": self.api.influx_org or "",
+                "bucket": self.api.influx_bucket or "",
+                "precision": "ns",
+            }
+            return f"{base}/api/v2/write?" + urlencode(query)
+        return self.api.endpoint
 
     def headers(self, rows: Sequence[StoredReading], *, reveal_key: bool = False) -> dict[str, str]:
         """The request headers for ``rows``; the key is masked unless ``reveal_key``."""
         key = self.api.api_key.reveal() if reveal_key else "********"
         header = self.api.api_key_header
-        headers = {
-            "Content-Type": "application/json",
-            header: f"Bearer {key}" if header.lower() == "authorization" else key,
-            "Idempotency-Key": idempotency_key(self.device_id, self.epoch, rows),
-            "User-Agent": f"nixlog/{__version__}",
-        }
+        headers = {"Content-Type": "application/json"}
+        if self.api.format == "influx":
+            headers["Content-Type"] = "text/plain; charset=utf-8"
+            if self.api.api_key.reveal():
+                headers["Authorization"] = f"Token {key}"
+        elif self.api.format == "nixlog":
+            headers[header] = f"Bearer {key}" if header.lower() == "authorization" else key
+        # thingsboard: the device token is part of the URL, no header carries it.
+        headers["Idempotency-Key"] = idempotency_key(self.device_id, self.epoch, rows)
+        headers["User-Agent"] = f"nixlog/{__version__}"
         if self.api.gzip:
             headers["Content-Encoding"] = "gzip"
         return headers
@@ -288,7 +277,11 @@ class ApiClient:
         stay unsent and are offered again later with the same ids (at-least-once).
         """
         cancel = cancel if cancel is not None else self.cancel
-        body = encode_body(self.payload(rows), compress=self.api.gzip)
+        payload = self.payload(rows)
+        if self.api.format == "influx" and not payload:
+            # Every reading of the batch failed all its registers: nothing to write.
+            return PublishResult("delivered", detail="no values to write")
+        body = self._encode(payload)
         headers = self.headers(rows, reveal_key=True)
         started = time.monotonic()
         deadline = started + self.api.timeout_sec
@@ -337,7 +330,7 @@ class ApiClient:
         timeout = httpx.Timeout(max(deadline - time.monotonic(), 0.001))
         try:
             with self._client.stream(
-                "POST", self.api.endpoint, content=body, headers=headers, timeout=timeout
+                "POST", self.url(reveal_key=True), content=body, headers=headers, timeout=timeout
             ) as response:
                 if 200 <= response.status_code < 300:
                     # The status says the batch was accepted: nobody waits for the body, which
@@ -375,7 +368,9 @@ class ApiClient:
     def _redact(self, text: str) -> str:
         """Belt and braces: a server or an exception that echoes the key must not leak it."""
         key = self.api.api_key.reveal()
-        return text.replace(key, "********") if key else text
+        if not key:
+            return text
+        return text.replace(key, "********").replace(quote(key, safe=""), "********")
 
 
 @dataclass

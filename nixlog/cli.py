@@ -494,7 +494,7 @@ def poll(
 # --------------------------------------------------------------------------- publish
 
 
-def _publish_outcome(cfg: Config, summary: Any) -> NixlogError | None:
+def _publish_outcome(cfg: Config, summary: Any, output: str = "api") -> NixlogError | None:
     """The error a stopped publish reports (None when it was not stopped by a failure)."""
     from nixlog.errors import ApiError, ConfigError
 
@@ -502,6 +502,16 @@ def _publish_outcome(cfg: Config, summary: Any) -> NixlogError | None:
     if failure is None:
         return None
     done = f" after delivering {summary.delivered}" if summary.delivered else ""
+    if output == "mqtt":
+        if failure.kind == "auth":
+            return ConfigError(
+                f"{cfg.path}: mqtt.password: the broker refused the login ({failure.detail}); "
+                f"check mqtt.username and mqtt.password; readings are kept{done}"
+            )
+        return ApiError(
+            f"MQTT broker unavailable: {failure.detail}; readings are kept for the next "
+            f"attempt{done}"
+        )
     if failure.kind == "auth":
         return ConfigError(
             f"{cfg.path}: api.api_key: the API refused the key ({failure.detail}); "
@@ -536,14 +546,18 @@ def _publish_dry_run(client: Any, rows: list[Any], endpoint: str) -> None:
     )
     for name, value in headers.items():
         stderr.print(f"  {escape(name)}: {escape(value)}")
-    typer.echo(json.dumps(client.payload(rows), indent=2, ensure_ascii=False))
+    payload = client.payload(rows)
+    if isinstance(payload, str):  # InfluxDB line protocol: shown as it is sent
+        typer.echo(payload, nl=False)
+        return
+    typer.echo(json.dumps(payload, indent=2, ensure_ascii=False))
 
 
-def _render_publish(summary: Any, backlog: int) -> None:
+def _render_publish(summary: Any, backlog: int, prefix: str = "") -> None:
     """One summary line on stdout: delivered, rejected (by seq), what remains."""
     remaining = max(backlog - summary.delivered - summary.rejected, 0)
     line = (
-        f"Delivered {_plural(summary.delivered, 'reading')} in "
+        f"{prefix}Delivered {_plural(summary.delivered, 'reading')} in "
         f"{_plural(summary.requests, 'request')}"
     )
     if summary.rejected:
@@ -560,17 +574,52 @@ def publish(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the next payload; send nothing.")
     ] = False,
+    output: Annotated[
+        str | None,
+        typer.Option("--output", help="Ship to this output only (api or mqtt); default: all."),
+    ] = None,
 ) -> None:
     """Ship unsent readings now, until caught up or the first failure."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-    from nixlog import core, database
-    from nixlog.api_client import ApiClient
-    from nixlog.hardware import resolve_device_id
+    from nixlog.errors import ConfigError
 
     cfg = _load(config)
-    api = cfg.require_api()
+    names = cfg.output_names
+    if output is not None:
+        if output not in ("api", "mqtt"):
+            raise typer.BadParameter("expected api or mqtt", param_hint="--output")
+        if output not in names:
+            raise ConfigError(f"{cfg.path}: {output}: section missing (--output {output})")
+        names = (output,)
+    elif not names:
+        cfg.require_api()  # the one-line "api: section missing"
+    errors: list[Exception] = []
+    rejected = False
+    for name in names:
+        summary = _publish_output(cfg, name, once=once, dry_run=dry_run, label=len(names) > 1)
+        if summary is None:
+            continue
+        error = _publish_outcome(cfg, summary, name)
+        if error is not None:
+            if len(names) > 1:
+                _console(err=True).print(f"{name}: {escape(str(error))}")
+            errors.append(error)
+        rejected = rejected or bool(summary.rejected)
+    if errors:
+        raise errors[0]
+    if rejected:
+        raise typer.Exit(1)
+
+
+def _publish_output(cfg: Config, name: str, *, once: bool, dry_run: bool, label: bool) -> Any:
+    """Ship one output's backlog; the summary, or None when there was nothing to do."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from nixlog import core, database, outputs
+    from nixlog.hardware import resolve_device_id
+
     device_id = resolve_device_id(cfg)
+    batch_size = outputs.batch_size(cfg, name)
+    prefix = f"{name}: " if label else ""
     # The station logs each failure for the daemon's journal; here the summary and the one
     # Error line say the same, so its log lines show only with --verbose.
     conn = database.open_db(cfg.database.path)
@@ -580,18 +629,23 @@ def publish(
         ship_log.setLevel(logging.CRITICAL)
     try:
         epoch = database.get_epoch(conn)
-        with ApiClient(api, device_id, epoch) as client:
+        client: Any = outputs.open_output(cfg, name, device_id, epoch)
+        try:
             if dry_run:
-                rows = database.get_unsent_readings(conn, api.batch_size)
-                _publish_dry_run(client, list(rows), api.endpoint)
-                return
-            backlog = database.count_unsent(conn)
+                rows = database.get_unsent_readings(conn, batch_size, name)
+                if name == "mqtt":
+                    assert cfg.mqtt is not None
+                    _publish_dry_run_mqtt(client, list(rows), cfg.mqtt.url)
+                else:
+                    _publish_dry_run(client, list(rows), client.url())
+                return None
+            backlog = database.count_unsent(conn, name)
             if backlog == 0:
-                _console().print("Nothing to send: no unsent readings.")
-                return
+                _console().print(f"{prefix}Nothing to send: no unsent readings.")
+                return None
             stderr = _console(err=True)
             with Progress(
-                TextColumn("publishing"),
+                TextColumn(f"{prefix}publishing"),
                 BarColumn(),
                 MofNCompleteColumn(),
                 console=stderr,
@@ -599,24 +653,38 @@ def publish(
                 disable=not stderr.is_terminal,
             ) as progress:
                 task = progress.add_task(
-                    "publish", total=min(backlog, api.batch_size) if once else backlog
+                    "publish", total=min(backlog, batch_size) if once else backlog
                 )
                 summary = core.publish_pending(
                     conn,
                     client,
-                    batch_size=api.batch_size,
+                    batch_size=batch_size,
                     once=once,
                     on_progress=lambda n: progress.advance(task, n),
+                    output=name,
                 )
+        finally:
+            client.close()
     finally:
         ship_log.setLevel(ship_level)
         conn.close()
-    _render_publish(summary, backlog)
-    error = _publish_outcome(cfg, summary)
-    if error is not None:
-        raise error
-    if summary.rejected:
-        raise typer.Exit(1)
+    _render_publish(summary, backlog, prefix)
+    return summary
+
+
+def _publish_dry_run_mqtt(client: Any, rows: list[Any], url: str) -> None:
+    """The next batch's messages (topic and body) as JSON on stdout; where on stderr."""
+    import json
+
+    stderr = _console(err=True)
+    if not rows:
+        stderr.print("Nothing to send: no unsent readings.")
+        return
+    stderr.print(
+        f"Would publish {len(rows)} readings (seq {rows[0].id}..{rows[-1].id}) to "
+        f"{escape(url)} at QoS 1"
+    )
+    typer.echo(json.dumps(client.payload(rows), indent=2, ensure_ascii=False))
 
 
 # --------------------------------------------------------------------------- prune
@@ -1387,6 +1455,14 @@ def _render_db_stats(stats: Any) -> None:
         ("epoch", stats.epoch),
         ("lost unwritten (disk full at stop)", str(stats.lost_unwritten)),
     ]
+    for name, output in stats.outputs.items():
+        rows.append(
+            (
+                f"output {name}",
+                f"{output['unsent']} unsent, last delivery {output['last_delivery'] or 'never'}, "
+                f"{output['failures']} failures since, {output['pruned_unsent']} pruned unsent",
+            )
+        )
     for name, value in rows:
         table.add_row(name, escape(value))
     _console().print(table)
@@ -1403,7 +1479,7 @@ def db_stats(config: ConfigOption = None, json_output: JsonOption = False) -> No
     # Safe next to a running daemon: WAL readers never block its writer (nor the reverse).
     conn = database.open_db(cfg.database.path, create=False)
     try:
-        result = database.stats(conn)
+        result = database.stats(conn, outputs=cfg.output_names)
     finally:
         database.close(conn)
     if json_output:

@@ -28,6 +28,9 @@ _T = TypeVar("_T")
 
 ENV_CONFIG: Final = "NIXLOG_CONFIG"
 ENV_API_KEY: Final = "NIXLOG_API_KEY"
+ENV_MQTT_PASSWORD: Final = "NIXLOG_MQTT_PASSWORD"  # noqa: S105 (a variable name)
+API_FORMATS: Final = ("nixlog", "thingsboard", "influx")
+MQTT_FORMATS: Final = ("nixlog", "thingsboard")
 DEFAULT_CONFIG_PATHS: Final = (Path("config.toml"), Path("/etc/nixlog/config.toml"))
 
 REGISTER_KINDS: Final = ("holding", "input", "coil", "discrete")
@@ -188,6 +191,36 @@ class ApiConfig:
     timeout_sec: float = 10.0
     gzip: bool = False
     ca_file: Path | None = None
+    format: str = "nixlog"
+    """``nixlog`` (the JSON body), ``thingsboard`` (device telemetry) or ``influx`` (line
+    protocol: ``influx_db`` for the 1.x API, ``influx_org`` + ``influx_bucket`` for 2.x)."""
+    influx_db: str | None = None
+    influx_org: str | None = None
+    influx_bucket: str | None = None
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    """``[mqtt]``: a broker output beside (or instead of) ``[api]``; the password is a Secret."""
+
+    url: str
+    host: str
+    port: int
+    tls: bool
+    topic: str = "nixlog/{device_id}/readings"
+    status_topic: str = "nixlog/{device_id}/status"
+    qos: int = 1
+    client_id: str | None = None
+    username: str | None = None
+    password: Secret | None = field(default=None, repr=False)
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    batch_size: int = 500
+    publish_interval_sec: float = 10.0
+    timeout_sec: float = 10.0
+    keepalive_sec: int = 60
+    format: str = "nixlog"
 
 
 @dataclass(frozen=True)
@@ -199,6 +232,14 @@ class Config:
     device: DeviceConfig = DeviceConfig()
     database: DatabaseConfig = DatabaseConfig()
     api: ApiConfig | None = None
+    mqtt: MqttConfig | None = None
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        """The configured outputs, each with its own cursor: ``api`` and/or ``mqtt``."""
+        return tuple(
+            name for name, section in (("api", self.api), ("mqtt", self.mqtt)) if section
+        )
 
     def require_api(self) -> ApiConfig:
         """Return ``[api]``, or refuse (exit 78) for a command that ships readings."""
@@ -530,7 +571,7 @@ class _Table:
 def _build_config(file: Path, document: dict[str, Any], env: Mapping[str, str]) -> Config:
     root = _Table(file, "", document)
     # Unknown sections first: "[modbuss]" should say so, not "modbus: section missing".
-    root.used.update(("device", "database", "modbus", "api"))
+    root.used.update(("device", "database", "modbus", "api", "mqtt"))
     root.finish()
     device = _section(root, "device", _build_device)
     database = _section(root, "database", _build_database)
@@ -538,6 +579,7 @@ def _build_config(file: Path, document: dict[str, Any], env: Mapping[str, str]) 
         raise root.error("modbus", "section missing (required)")
     modbus = _build_modbus(_Table(file, "modbus", root.raw("modbus")))
     api = _section(root, "api", lambda table: _build_api(table, env))
+    mqtt = _section(root, "mqtt", lambda table: _build_mqtt(table, env))
     if database is None:
         database = DatabaseConfig()
     if not database.path.is_absolute():
@@ -553,6 +595,7 @@ def _build_config(file: Path, document: dict[str, Any], env: Mapping[str, str]) 
         device=device or DeviceConfig(),
         database=database,
         api=api,
+        mqtt=mqtt,
     )
 
 
@@ -793,20 +836,31 @@ def _build_api(table: _Table, env: Mapping[str, str]) -> ApiConfig:
         "127."
     ):
         _warn_clear_text(table.file, endpoint)
-    api_key = _resolve_api_key(table, env)
+    api_format = table.string("format", "nixlog", choices=API_FORMATS)
+    # InfluxDB 1.x often runs without authentication: there the key may be left out.
+    api_key = _resolve_api_key(table, env, optional=api_format == "influx")
     header = table.string("api_key_header", "Authorization")
     if not re.match(r"^[A-Za-z0-9-]+$", header):
         raise table.error("api_key_header", f'not a valid HTTP header name: "{header}"')
-    ca_file = table.path("ca_file", None)
-    if ca_file is not None:
-        if not ca_file.is_absolute():
-            ca_file = table.file.parent / ca_file
-        try:
-            found = ca_file.is_file()
-        except OSError:  # a name longer than the file system allows
-            found = False
-        if not found:
-            raise table.error("ca_file", f"file not found: {shorten(ca_file)}")
+    ca_file = _existing_file(table, "ca_file")
+    influx_db = table.string("influx_db", None)
+    influx_org = table.string("influx_org", None)
+    influx_bucket = table.string("influx_bucket", None)
+    if api_format == "influx":
+        if influx_db is None and (influx_org is None or influx_bucket is None):
+            raise table.error(
+                "influx_db",
+                "format influx needs influx_db (InfluxDB 1.x) or influx_org and "
+                "influx_bucket (InfluxDB 2.x)",
+            )
+        if influx_db is not None and (influx_org is not None or influx_bucket is not None):
+            raise table.error(
+                "influx_db", "give influx_db (1.x) or influx_org + influx_bucket (2.x), not both"
+            )
+    else:
+        for name in ("influx_db", "influx_org", "influx_bucket"):
+            if table.has(name):
+                raise table.error(name, 'only used with format = "influx"')
     result = ApiConfig(
         endpoint=endpoint,
         api_key=api_key,
@@ -816,9 +870,138 @@ def _build_api(table: _Table, env: Mapping[str, str]) -> ApiConfig:
         timeout_sec=table.number("timeout_sec", 10.0, positive=True, maximum=600),
         gzip=table.boolean("gzip", False),
         ca_file=ca_file,
+        format=api_format,
+        influx_db=influx_db,
+        influx_org=influx_org,
+        influx_bucket=influx_bucket,
     )
     table.finish()
     return result
+
+
+def _existing_file(table: _Table, name: str) -> Path | None:
+    """An optional file key, relative to the config file, that must name an existing file."""
+    path: Path | None = table.path(name, None)
+    if path is None:
+        return None
+    if not path.is_absolute():
+        path = table.file.parent / path
+    try:
+        found = path.is_file()
+    except OSError:  # a name longer than the file system allows
+        found = False
+    if not found:
+        raise table.error(name, f"file not found: {shorten(path)}")
+    return path
+
+
+_TOPIC_FIELDS: Final = frozenset({"device_id", "device"})
+
+
+def _topic(table: _Table, name: str, default: str) -> str:
+    """A topic template: ``{device_id}`` and ``{device}`` only, no wildcards, not empty."""
+    import string
+
+    topic: str = table.string(name, default)
+    if name == "status_topic" and topic == "":
+        return topic  # no status messages
+    if not topic or any(ch in topic for ch in "#+\0") or len(topic) > 1024:
+        raise table.error(name, f'not a topic one can publish to: "{shorten(topic, 80)}"')
+    try:
+        fields = {f for _, f, _, _ in string.Formatter().parse(topic) if f is not None}
+    except ValueError:
+        fields = {"?"}
+    unknown = fields - _TOPIC_FIELDS
+    if unknown:
+        raise table.error(
+            name, f'"{shorten(topic, 80)}": only {{device_id}} and {{device}} may be filled in'
+        )
+    return topic
+
+
+def _build_mqtt(table: _Table, env: Mapping[str, str]) -> MqttConfig:
+    url = table.string("url")
+    bad_url = table.error(
+        "url", f'expected "mqtt://host:1883" or "mqtts://host:8883", got "{shorten(url, 80)}"'
+    )
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        port = parts.port
+    except ValueError:
+        raise bad_url from None
+    if parts.scheme not in ("mqtt", "mqtts") or not host or parts.path not in ("", "/"):
+        raise bad_url
+    tls = parts.scheme == "mqtts"
+    mqtt_format = table.string("format", "nixlog", choices=MQTT_FORMATS)
+    thingsboard = mqtt_format == "thingsboard"
+    username = table.string("username", None)
+    password = _resolve_mqtt_password(table, env)
+    if password is not None and username is None and not thingsboard:
+        raise table.error("username", "a password needs a username")
+    cert_file = _existing_file(table, "cert_file")
+    key_file = _existing_file(table, "key_file")
+    if (cert_file is None) != (key_file is None):
+        raise table.error("key_file", "give cert_file and key_file together (client certificate)")
+    ca_file = _existing_file(table, "ca_file")
+    if not tls and (ca_file or cert_file):
+        raise table.error("url", 'TLS options need an "mqtts://" url')
+    client_id = table.string("client_id", None)
+    if client_id is not None and not 0 < len(client_id) <= 128:
+        raise table.error("client_id", "must be 1 to 128 characters")
+    result = MqttConfig(
+        url=url,
+        host=host,
+        port=port or (8883 if tls else 1883),
+        tls=tls,
+        # ThingsBoard's gateway API has fixed topics; the template is for the nixlog format.
+        topic=_topic(table, "topic", "nixlog/{device_id}/readings"),
+        status_topic=_topic(
+            table, "status_topic", "" if thingsboard else "nixlog/{device_id}/status"
+        ),
+        qos=table.integer("qos", 1, minimum=1, maximum=1),
+        client_id=client_id,
+        username=username,
+        password=password,
+        ca_file=ca_file,
+        cert_file=cert_file,
+        key_file=key_file,
+        batch_size=table.integer("batch_size", 500, minimum=1, maximum=100_000),
+        publish_interval_sec=table.number("publish_interval_sec", 10.0, positive=True),
+        timeout_sec=table.number("timeout_sec", 10.0, positive=True, maximum=600),
+        keepalive_sec=table.integer("keepalive_sec", 60, minimum=5, maximum=65535),
+        format=mqtt_format,
+    )
+    table.finish()
+    return result
+
+
+def _resolve_mqtt_password(table: _Table, env: Mapping[str, str]) -> Secret | None:
+    """``password``, else ``password_file``, else ``$NIXLOG_MQTT_PASSWORD``, else none."""
+    if table.has("password") and table.has("password_file"):
+        raise table.error("password_file", "give either password or password_file, not both")
+    inline = table.string("password", None)
+    if inline is not None:
+        if not inline:
+            raise table.error("password", "must not be empty")
+        return Secret(inline)
+    password_file = table.path("password_file", None)
+    if password_file is not None:
+        path = password_file if password_file.is_absolute() else table.file.parent / password_file
+        shown = shorten(path)
+        try:
+            text = read_small_file(path, MAX_KEY_FILE_BYTES).decode("utf-8").strip()
+        except OSError as exc:
+            raise table.error("password_file", f"cannot read {shown}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise table.error("password_file", f"{shown} is not UTF-8 text") from None
+        except ValueError as exc:
+            raise table.error("password_file", f"cannot read {shown}: {exc}") from None
+        if not text:
+            raise table.error("password_file", f"{shown} is empty")
+        return Secret(text)
+    from_env = env.get(ENV_MQTT_PASSWORD, "").strip()
+    return Secret(from_env) if from_env else None
 
 
 _warned_clear_text: set[str] = set()
@@ -847,8 +1030,11 @@ def _check_key_text(table: _Table, name: str, key: str, source: str) -> None:
         )
 
 
-def _resolve_api_key(table: _Table, env: Mapping[str, str]) -> Secret:
-    """The key comes from ``api_key``, else ``api_key_file``, else ``$NIXLOG_API_KEY``."""
+def _resolve_api_key(table: _Table, env: Mapping[str, str], *, optional: bool = False) -> Secret:
+    """The key comes from ``api_key``, else ``api_key_file``, else ``$NIXLOG_API_KEY``.
+
+    ``optional``: no key at all is an empty Secret (nothing is sent) instead of an error.
+    """
     if table.has("api_key") and table.has("api_key_file"):
         raise table.error("api_key_file", "give either api_key or api_key_file, not both")
     inline = table.string("api_key", None)
@@ -877,4 +1063,6 @@ def _resolve_api_key(table: _Table, env: Mapping[str, str]) -> Secret:
     if from_env:
         _check_key_text(table, "api_key", from_env, f"${ENV_API_KEY}")
         return Secret(from_env)
+    if optional:
+        return Secret("")
     raise table.error("api_key", f"missing: set api.api_key, api.api_key_file or ${ENV_API_KEY}")

@@ -15,11 +15,13 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Protocol
 
 from nixlog.config import Config, RegisterConfig
+from nixlog.errors import NixlogError
 from nixlog.modbus_client import (
     FAILURE_DISCONNECTED,
     FAILURE_TIMEOUT,
@@ -43,9 +45,9 @@ from nixlog.registers import (
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from nixlog.api_client import PublishResult
     from nixlog.config import DatabaseConfig
     from nixlog.database import PruneReport
+    from nixlog.outputs import PublishResult
 
 # ============================================================== station 1: poll (poll issue)
 
@@ -746,7 +748,7 @@ class PublishSummary:
 
 
 class Shipper(Protocol):
-    """What ``publish_pending`` needs from ``api_client.ApiClient`` (tests may pass a fake)."""
+    """What ``publish_pending`` needs from an output (``nixlog.outputs``; tests pass fakes)."""
 
     def publish_data(self, rows: Sequence[StoredReading]) -> PublishResult:
         """Post one batch and classify the answer; never raises for network trouble."""
@@ -762,6 +764,7 @@ def publish_pending(
     once: bool = False,
     on_progress: Callable[[int], None] | None = None,
     backoff: Backoff | None = None,
+    output: str = "api",
 ) -> PublishSummary:
     """Ship unsent readings oldest first until caught up, stopped, or the first failure.
 
@@ -773,6 +776,7 @@ def publish_pending(
     sleeps (``backoff.remaining()``) and calls again. With ``backoff``, a call made before
     ``backoff.next_attempt_at`` sends nothing (``deferred``), and the outcome updates it.
     ``on_progress(n)`` is called with the number of readings settled after each batch.
+    ``output`` names the cursor (each output has its own; ARCHITECTURE.md: Outputs).
     """
     from nixlog import database
 
@@ -782,7 +786,7 @@ def publish_pending(
         summary.retry_at = backoff.next_attempt_at
         return summary
     while stop is None or not stop.is_set():
-        rows = database.get_unsent_readings(conn, batch_size)
+        rows = database.get_unsent_readings(conn, batch_size, output)
         if not rows:
             summary.caught_up = True
             break
@@ -792,9 +796,9 @@ def publish_pending(
         # Rejected first, then sent: storage may keep "sent" as a high-water mark, and the
         # bisection settles readings strictly in id order, so what is settled is a prefix.
         if settled.rejected:
-            database.mark_readings_rejected(conn, settled.rejected)
+            database.mark_readings_rejected(conn, settled.rejected, output)
         if settled.delivered:
-            database.mark_readings_as_sent(conn, settled.delivered)
+            database.mark_readings_as_sent(conn, settled.delivered, output)
         summary.delivered += len(settled.delivered)
         summary.rejected += len(settled.rejected)
         summary.rejected_ids.extend(settled.rejected)
@@ -803,10 +807,14 @@ def publish_pending(
         if not complete or once:
             break
     if once and summary.failure is None and not summary.caught_up:
-        summary.caught_up = database.count_unsent(conn) == 0
+        summary.caught_up = database.count_unsent(conn, output) == 0
     if summary.delivered:
-        database.record_publish(conn, datetime.now(UTC).isoformat())
-    _after_publish(summary, backoff)
+        database.record_publish(conn, datetime.now(UTC).isoformat(), output)
+    if summary.failure is not None:
+        # Only a statistic: a full disk or a lock must not turn a failed post into a raise.
+        with suppress(NixlogError):
+            database.record_publish_failure(conn, output)
+    _after_publish(summary, backoff, output)
     return summary
 
 
@@ -875,7 +883,7 @@ def _reject(rid: int, result: PublishResult, settled: _Settled) -> None:
 
 
 def _refused_everything(result: PublishResult) -> PublishResult:
-    from nixlog.api_client import PublishResult
+    from nixlog.outputs import PublishResult
 
     return PublishResult(
         "endpoint",
@@ -935,7 +943,7 @@ def _ship_rows(
     return False
 
 
-def _after_publish(summary: PublishSummary, backoff: Backoff | None) -> None:
+def _after_publish(summary: PublishSummary, backoff: Backoff | None, output: str = "api") -> None:
     """Log the failure that stopped a publish and move the backoff."""
     failure = summary.failure
     if backoff is not None:
@@ -951,6 +959,19 @@ def _after_publish(summary: PublishSummary, backoff: Backoff | None) -> None:
     if failure is None:
         return
     wait = f"; next attempt in {backoff.last_delay:.0f} s" if backoff is not None else ""
+    if output == "mqtt":
+        if failure.kind == "auth":
+            ship_log.error(
+                "mqtt: THE BROKER REFUSED THE LOGIN (%s): check mqtt.username and "
+                "mqtt.password; readings are kept%s",
+                failure.detail,
+                wait,
+            )
+        else:
+            ship_log.warning(
+                "mqtt: publishing failed: %s; readings are kept%s", failure.detail, wait
+            )
+        return
     if failure.kind == "auth":
         ship_log.error(
             "THE API REFUSED THE KEY (%s): check api.api_key; readings are kept%s",
@@ -978,16 +999,20 @@ def maintain(
     *,
     vacuum: bool = False,
     free_disk: Callable[[Path], int] | None = None,
+    outputs: Sequence[str] = ("api",),
 ) -> PruneReport:
     """One maintenance pass: prune oldest (sent → rejected → unsent) back within budget.
 
     ``vacuum`` also shrinks the file afterwards (on request only: it needs free room of
     twice the live size). ``free_disk`` replaces the filesystem measurement in tests.
+    ``outputs``: the configured outputs; a reading is sent only when all of them have it.
     """
     from nixlog import database
 
     measure = database.free_disk_bytes if free_disk is None else free_disk
-    report = database.prune_database(conn, database_config, dry_run=dry_run, free_disk=measure)
+    report = database.prune_database(
+        conn, database_config, dry_run=dry_run, free_disk=measure, outputs=outputs or ("api",)
+    )
     if vacuum and not dry_run:
         reclaimed = database.vacuum_database(conn, free_disk=measure)
         report = replace(report, vacuumed_bytes=reclaimed)

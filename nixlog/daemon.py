@@ -1,10 +1,13 @@
 """``nixlog daemon``: the poll loop and the ship/maintain loop, run until SIGTERM or SIGINT.
 
-Two named, non-daemon threads, each with its own database connection, share one stop event:
+Named, non-daemon threads, each with its own database connection, share one stop event:
 
 * **poll** (priority): ``core.run_poll_loop`` → ``ReadingBin`` → ``core.flush`` in batches;
 * **ship**: ``core.publish_pending`` while a backlog exists, ``core.maintain`` every minute
-  (at once when a write failed, which is how a full disk gets room back).
+  (at once when a write failed, which is how a full disk gets room back);
+* **ship-mqtt** (with ``[mqtt]``): the same ``core.publish_pending`` through the MQTT output,
+  with its own cursor, backoff and batch size, so a dead broker never holds up the HTTP API
+  or the reverse. Maintenance stays in the ship thread and waits for every output.
 
 They call the same station functions as ``nixlog poll``, ``publish`` and ``prune``. A fault
 inside a loop is logged and the loop goes on; a loop that stops making progress stops the
@@ -67,6 +70,10 @@ class DaemonStatus:
     pruned: int = 0
     publish_failures: int = 0
     last_publish_error: str | None = None
+    mqtt_shipped: int = 0
+    mqtt_backlog: int | None = None
+    """None without ``[mqtt]``."""
+    mqtt_error: str | None = None
     last_values: dict[str, Value] = field(default_factory=dict)
     last_errors: dict[str, str] = field(default_factory=dict)
     uptime_sec: float = 0.0
@@ -88,6 +95,10 @@ class DaemonStatus:
             text += f", LOST {self.dropped} (database not writable)"
         if self.last_publish_error:
             text += f", API: {self.last_publish_error}"
+        if self.mqtt_backlog is not None:
+            text += f", mqtt shipped {self.mqtt_shipped}, backlog {self.mqtt_backlog}"
+        if self.mqtt_error:
+            text += f", MQTT: {self.mqtt_error}"
         return text
 
 
@@ -150,13 +161,18 @@ class Daemon:
             raise
         with self._lock:
             self._status.backlog = backlog
-        if self.config.api is None:
-            log.warning("no [api] section: readings are kept locally only (nothing is shipped)")
+        if not self.config.output_names:
+            log.warning(
+                "no [api] or [mqtt] section: readings are kept locally only (nothing is shipped)"
+            )
         self._started_at = self.clock()
-        for name, target in (
+        loops: list[tuple[str, Callable[[], None]]] = [
             ("nixlog-poll", self._poll_thread),
             ("nixlog-ship", self._ship_thread),
-        ):
+        ]
+        if self.config.mqtt is not None:
+            loops.append(("nixlog-ship-mqtt", self._mqtt_thread))
+        for name, target in loops:
             self._heartbeats[name] = self.clock()
             thread = threading.Thread(target=target, name=name, daemon=False)
             self._threads.append(thread)
@@ -453,8 +469,78 @@ class Daemon:
             return api.publish_interval_sec
         return 0.0
 
+    def _mqtt_thread(self) -> None:
+        """The MQTT output's own loop: its cursor, backoff and batch size (see the module)."""
+        from nixlog import outputs
+
+        mqtt = self.config.mqtt
+        assert mqtt is not None
+        conn = None
+        client: Any = None
+        backoff = core.Backoff(clock=self.clock)
+        repeats = _RepeatFilter(self.clock)
+        try:
+            conn = database.open_db(self.config.database.path)
+            client = outputs.open_output(
+                self.config,
+                "mqtt",
+                self.device_id,
+                database.get_epoch(conn),
+                cancel=self.stop_event,
+            )
+            while not self.stop_event.is_set():
+                self._beat()
+                pause = LOOP_RESTART_SEC
+                try:
+                    pause = self._publish_mqtt(conn, client, backoff)
+                except NixlogError as exc:
+                    if repeats.should_log(str(exc)):
+                        log.error("mqtt loop: %s; going on in %.0f s", exc, LOOP_RESTART_SEC)
+                except Exception:
+                    log.exception("mqtt loop failed; going on in %.0f s", LOOP_RESTART_SEC)
+                self.stop_event.wait(min(HEARTBEAT_SEC, max(0.0, pause)))
+        except NixlogError as exc:
+            log.error("mqtt loop cannot run: %s", exc)
+            self.request_stop()
+        finally:
+            if client is not None:
+                try:
+                    client.close()
+                except Exception:
+                    log.debug("closing the MQTT output", exc_info=True)
+            if conn is not None:
+                database.close(conn)
+
+    def _publish_mqtt(self, conn: Any, client: Any, backoff: core.Backoff) -> float:
+        mqtt = self.config.mqtt
+        assert mqtt is not None
+        if not backoff.ready():
+            return backoff.remaining()
+        summary = core.publish_pending(
+            conn,
+            client,
+            batch_size=mqtt.batch_size,
+            stop=self.stop_event,
+            on_progress=lambda _settled: self._beat(),
+            backoff=backoff,
+            output="mqtt",
+        )
+        backlog = database.count_unsent(conn, "mqtt")
+        with self._lock:
+            self._status.mqtt_shipped += summary.delivered
+            self._status.mqtt_backlog = backlog
+            if summary.failure is not None:
+                self._status.mqtt_error = summary.failure.detail
+            elif summary.requests:
+                self._status.mqtt_error = None
+        if summary.failure is not None or summary.deferred:
+            return backoff.remaining()
+        if summary.caught_up:
+            return mqtt.publish_interval_sec
+        return 0.0
+
     def _maintain(self, conn: Any) -> None:
-        report = core.maintain(conn, self.config.database)
+        report = core.maintain(conn, self.config.database, outputs=self.config.output_names)
         if report.deleted:
             with self._lock:
                 self._status.pruned += report.deleted

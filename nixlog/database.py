@@ -16,6 +16,15 @@ every insert too. Instead:
 
 Marking a batch of 500 sent therefore rewrites one meta page instead of ~40 row pages.
 
+Several outputs (ARCHITECTURE.md: Outputs): each has its own cursor. The ``api`` output's is
+the machinery above (so an existing database keeps its mark as the api's cursor, with no
+migration). Every other output (``mqtt``) delivers whole batches in id order and never
+refuses a single reading, so its cursor is a bare high-water mark, ``meta['sent_upto.<name>']``
+(absent = 0: a newly configured output starts with everything still stored). ``sent_flag`` in
+the ``readings`` view stays the api's. Pruning treats a reading as sent only when every
+configured output has it; what the disk budget forces out unsent is counted per output
+(``meta['pruned_unsent.<name>']``).
+
 Invariant the cheap counters rely on (kept by insert and by every prune phase): let ``lo`` be
 the smallest id that is not rejected; every row below ``lo`` is rejected and every id from
 ``lo`` to the largest id is present. Inserts append; pruning removes "everything at or below X
@@ -39,7 +48,7 @@ import struct
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
@@ -492,6 +501,24 @@ def _sent_upto(conn: sqlite3.Connection) -> int:
     return int(_meta(conn, "sent_upto") or 0)
 
 
+API_OUTPUT: Final = "api"
+
+
+def _output_mark(conn: sqlite3.Connection, output: str) -> int:
+    """An output's high-water mark (for ``api`` the one with rejected/ahead lists beside it)."""
+    key = "sent_upto" if output == API_OUTPUT else f"sent_upto.{output}"
+    return int(_meta(conn, key) or 0)
+
+
+def _set_output_mark(conn: sqlite3.Connection, output: str, mark: int) -> None:
+    _set_meta(conn, "sent_upto" if output == API_OUTPUT else f"sent_upto.{output}", str(mark))
+
+
+def _suffix(output: str) -> str:
+    """Meta keys of the api output keep their old names (existing databases, scripts)."""
+    return "" if output == API_OUTPUT else f".{output}"
+
+
 def get_epoch(conn: sqlite3.Connection) -> str:
     """The random token created with this database (part of every reading's global id)."""
     with _reading(conn, "reading the epoch"):
@@ -501,10 +528,19 @@ def get_epoch(conn: sqlite3.Connection) -> str:
     return epoch
 
 
-def record_publish(conn: sqlite3.Connection, when_iso: str) -> None:
+def record_publish(conn: sqlite3.Connection, when_iso: str, output: str = API_OUTPUT) -> None:
     """Remember the time of the last successful publish (shown by ``db stats``)."""
     with _writing(conn, "recording the last publish"):
-        _set_meta(conn, "last_publish", when_iso)
+        _set_meta(conn, f"last_publish{_suffix(output)}", when_iso)
+        _set_meta(conn, f"publish_failures{_suffix(output)}", "0")
+
+
+def record_publish_failure(conn: sqlite3.Connection, output: str = API_OUTPUT) -> None:
+    """Count a failed attempt since the last delivery (one meta write; backoff spaces them)."""
+    key = f"publish_failures{_suffix(output)}"
+    with _writing(conn, "recording a failed publish"):
+        count = int(_meta(conn, key) or 0)
+        _set_meta(conn, key, str(count + 1))
 
 
 # --------------------------------------------------------------------------- insert
@@ -557,6 +593,11 @@ _UNSENT_WHERE: Final = (
 )
 
 
+_OUTPUT_UNSENT_WHERE: Final = (
+    "id > coalesce((SELECT CAST(value AS INTEGER) FROM meta WHERE key = :key), 0)"
+)
+
+
 def _stored(row: sqlite3.Row | tuple[Any, ...], sent_flag: int = SENT_UNSENT) -> StoredReading:
     rid, timestamp, cpu_id, data, errors = row[:5]
     return StoredReading(
@@ -569,13 +610,17 @@ def _stored(row: sqlite3.Row | tuple[Any, ...], sent_flag: int = SENT_UNSENT) ->
     )
 
 
-def get_unsent_readings(conn: sqlite3.Connection, limit: int) -> list[StoredReading]:
-    """Up to ``limit`` unsent readings, oldest first by id (never sent or rejected ones)."""
+def get_unsent_readings(
+    conn: sqlite3.Connection, limit: int, output: str = API_OUTPUT
+) -> list[StoredReading]:
+    """Up to ``limit`` readings ``output`` lacks, oldest first by id (never sent or rejected)."""
+    # One statement for every output: an output's mark is read in the same snapshot.
+    where = _UNSENT_WHERE if output == API_OUTPUT else _OUTPUT_UNSENT_WHERE
     with _reading(conn, "reading unsent readings"):
         rows = conn.execute(
             f"SELECT id, timestamp, cpu_id, data, errors FROM reading_rows "
-            f"WHERE {_UNSENT_WHERE} ORDER BY id LIMIT ?",
-            (int(limit),),
+            f"WHERE {where} ORDER BY id LIMIT :limit",
+            {"limit": int(limit), "key": f"sent_upto.{output}"},
         ).fetchall()
     return [_stored(row) for row in rows]
 
@@ -585,12 +630,19 @@ def _json_ids(ids: Sequence[int] | set[int]) -> str:
     return json.dumps(sorted({int(i) for i in ids}))
 
 
-def mark_readings_as_sent(conn: sqlite3.Connection, ids: Sequence[int]) -> None:
+def mark_readings_as_sent(
+    conn: sqlite3.Connection, ids: Sequence[int], output: str = API_OUTPUT
+) -> None:
     """Mark these readings delivered; any set of ids, in any order, is handled.
 
-    The common case (a batch right above the high-water mark) rewrites one meta row.
+    The common case (a batch right above the high-water mark) rewrites one meta row. For an
+    output other than ``api`` the ids are a whole batch in id order (see the module
+    docstring): its mark moves to the largest.
     """
     if not ids:
+        return
+    if output != API_OUTPUT:
+        _advance_output(conn, output, ids)
         return
     with _writing(conn, "marking readings sent"):
         payload = _json_ids(ids)
@@ -610,9 +662,14 @@ def mark_readings_as_sent(conn: sqlite3.Connection, ids: Sequence[int]) -> None:
         )
 
 
-def mark_readings_rejected(conn: sqlite3.Connection, ids: Sequence[int]) -> None:
+def mark_readings_rejected(
+    conn: sqlite3.Connection, ids: Sequence[int], output: str = API_OUTPUT
+) -> None:
     """Mark these readings refused by the API: kept for export, never sent again."""
     if not ids:
+        return
+    if output != API_OUTPUT:
+        _advance_output(conn, output, ids)  # settled for this output: never offered again
         return
     with _writing(conn, "marking readings rejected"):
         payload = _json_ids(ids)
@@ -628,6 +685,12 @@ def mark_readings_rejected(conn: sqlite3.Connection, ids: Sequence[int]) -> None
         above = {int(i) for i in ids if int(i) > upto}
         if above:
             _advance_mark(conn, upto, above)
+
+
+def _advance_output(conn: sqlite3.Connection, output: str, ids: Sequence[int]) -> None:
+    with _writing(conn, f"marking readings sent to {output}"):
+        if max(ids) > _output_mark(conn, output):
+            _set_output_mark(conn, output, int(max(ids)))
 
 
 def _advance_mark(conn: sqlite3.Connection, upto: int, newly_settled: set[int]) -> int:
@@ -715,10 +778,51 @@ def _skipped_within(ranges: Sequence[tuple[int, int]], low: int, high: int) -> i
     return sum(max(0, min(high, last) - max(low, first) + 1) for first, last in ranges)
 
 
-def count_unsent(conn: sqlite3.Connection) -> int:
-    """How many readings wait to be shipped (cheap: no table scan)."""
+def count_unsent(conn: sqlite3.Connection, output: str = API_OUTPUT) -> int:
+    """How many readings wait to be shipped to ``output`` (cheap: no table scan)."""
     with _reading(conn, "counting unsent readings"):
-        return _counts(conn).unsent
+        if output != API_OUTPUT:
+            return _count_above(conn, _output_mark(conn, output))
+        return int(_counts(conn).unsent)
+
+
+def _count_above(conn: sqlite3.Connection, mark: int) -> int:
+    """Rows with an id above ``mark``, from the module's invariant (no table scan)."""
+    last_id = conn.execute("SELECT max(id) FROM reading_rows").fetchone()[0]
+    if last_id is None or last_id <= mark:
+        return 0
+    row = conn.execute(
+        "SELECT id FROM reading_rows WHERE id NOT IN (SELECT id FROM rejected_ids) "
+        "ORDER BY id LIMIT 1"
+    ).fetchone()
+    lo = int(row[0]) if row is not None else last_id + 1
+    start = max(mark + 1, lo)
+    # Rejected rows below ``lo`` are the only rows there; above it every id is present.
+    below = conn.execute(
+        "SELECT count(*) FROM rejected_ids WHERE id > ? AND id < ?", (mark, lo)
+    ).fetchone()[0]
+    span: int = max(0, last_id - start + 1) - _skipped_within(_skipped_ranges(conn), start, last_id)
+    return int(below) + span
+
+
+def output_stats(conn: sqlite3.Connection, outputs: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Per output: ``unsent``, ``last_delivery``, ``failures`` (since the last delivery)."""
+    result: dict[str, dict[str, Any]] = {}
+    with _reading(conn, "reading output statistics"):
+        meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        for output in outputs:
+            unsent = (
+                _counts(conn).unsent
+                if output == API_OUTPUT
+                else _count_above(conn, _output_mark(conn, output))
+            )
+            result[output] = {
+                "unsent": unsent,
+                "last_delivery": meta.get(f"last_publish{_suffix(output)}"),
+                "failures": int(meta.get(f"publish_failures{_suffix(output)}") or 0),
+                "pruned_unsent": int(meta.get(f"pruned_unsent.{output}") or 0),
+            }
+    return result
 
 
 @dataclass(frozen=True)
@@ -742,8 +846,10 @@ class DbStats:
     pruned_rejected: int = 0
     path: str = ""
     lost_unwritten: int = 0
+    outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per configured output: its backlog, last delivery and failures (``output_stats``)."""
 
-    def as_dict(self) -> dict[str, int | str | None]:
+    def as_dict(self) -> dict[str, Any]:
         """The ``--json`` document: these keys are a contract with outside scripts."""
         keys = (
             "rows",
@@ -762,6 +868,7 @@ class DbStats:
             "pruned_unsent",
             "epoch",
             "lost_unwritten",
+            "outputs",
         )
         return {key: getattr(self, key) for key in keys}
 
@@ -791,9 +898,16 @@ def _page_figures(conn: sqlite3.Connection) -> tuple[int, int, int]:
 
 
 def stats(
-    conn: sqlite3.Connection, *, free_disk: Callable[[Path], int] = free_disk_bytes
+    conn: sqlite3.Connection,
+    *,
+    free_disk: Callable[[Path], int] = free_disk_bytes,
+    outputs: Sequence[str] = (API_OUTPUT,),
 ) -> DbStats:
-    """Counts, ages, sizes and counters; safe while another process writes (one snapshot)."""
+    """Counts, ages, sizes and counters; safe while another process writes (one snapshot).
+
+    ``unsent``/``sent``/``rejected`` are the api output's; ``outputs`` has each configured
+    output's own backlog.
+    """
     path = _path_of(conn)
     with _reading(conn, "reading statistics"):
         counts = _counts(conn)
@@ -825,6 +939,7 @@ def stats(
         pruned_rejected=int(meta.get("pruned_rejected") or 0),
         path=str(path),
         lost_unwritten=int(meta.get("lost_unwritten") or 0),
+        outputs=output_stats(conn, outputs),
     )
 
 
@@ -1311,13 +1426,16 @@ def prune_database(
     free_disk: Callable[[Path], int] = free_disk_bytes,
     headroom_bytes: int = DEFAULT_HEADROOM_BYTES,
     max_chunk_rows: int = MAX_CHUNK_ROWS,
+    outputs: Sequence[str] = (API_OUTPUT,),
 ) -> PruneReport:
     """One maintenance pass: delete oldest readings until the budget holds again.
 
     Sent first, then rejected, then (only if it must) unsent, each in chunks by id range of
     one transaction, re-measuring after each. Unsent losses are counted in ``meta`` and
-    logged. Stops early, with a warning, when a chunk frees nothing measurable (something
-    else is filling the disk: deleting more of our data would not help). Never VACUUMs.
+    logged. A reading is sent only when every output in ``outputs`` has it; an unsent one
+    dropped is counted for each output that lacked it. Stops early, with a warning, when a
+    chunk frees nothing measurable (something else is filling the disk: deleting more of our
+    data would not help). Never VACUUMs.
     """
     budget = Budget.from_config(config, headroom_bytes)
     measurement = _measure(conn, free_disk)
@@ -1352,7 +1470,7 @@ def prune_database(
     for phase in ("sent", "rejected", "unsent"):
         while need > 0:
             rows = max(MIN_CHUNK_ROWS, min(max_chunk_rows, math.ceil(need / bytes_per_row)))
-            chunk = _delete_chunk(conn, phase, rows)
+            chunk = _delete_chunk(conn, phase, rows, outputs)
             if chunk is None:
                 break  # this class is exhausted: on to the next one
             chunks.append(chunk)
@@ -1424,16 +1542,23 @@ class _Chunk:
         )
 
 
-def _delete_chunk(conn: sqlite3.Connection, phase: str, rows: int) -> _Chunk | None:
+def _delete_chunk(
+    conn: sqlite3.Connection, phase: str, rows: int, outputs: Sequence[str] = (API_OUTPUT,)
+) -> _Chunk | None:
     """Delete up to ``rows`` oldest readings of one class in one transaction.
 
     Returns None when the class has nothing left. Each phase keeps the module's invariant.
+    "Sent" means every output in ``outputs`` has the reading.
     """
     with _writing(conn, f"pruning {phase} readings"):
         upto = _sent_upto(conn)
+        others = {o: _output_mark(conn, o) for o in outputs if o != API_OUTPUT}
+        api_on = API_OUTPUT in outputs or not others
+        floor = min(others.values(), default=upto)  # what every other output has
+        sent_bound = min(upto, floor) if api_on else floor
         if phase == "sent":
             bounds = _chunk_bounds(
-                conn, "id <= :upto AND id NOT IN (SELECT id FROM rejected_ids)", upto, rows
+                conn, "id <= :upto AND id NOT IN (SELECT id FROM rejected_ids)", sent_bound, rows
             )
             if bounds is None:
                 return None
@@ -1450,10 +1575,11 @@ def _delete_chunk(conn: sqlite3.Connection, phase: str, rows: int) -> _Chunk | N
             ids = [
                 r[0]
                 for r in conn.execute(
-                    "SELECT id FROM rejected_ids WHERE id <= :upto AND id < coalesce(("
+                    "SELECT id FROM rejected_ids WHERE id <= :upto AND id <= :floor "
+                    "AND id < coalesce(("
                     "SELECT id FROM reading_rows WHERE id NOT IN (SELECT id FROM rejected_ids) "
                     "ORDER BY id LIMIT 1), :upto + 1) ORDER BY id LIMIT :rows",
-                    {"upto": upto, "rows": rows},
+                    {"upto": upto, "rows": rows, "floor": floor},
                 )
             ]
             if not ids:
@@ -1469,30 +1595,61 @@ def _delete_chunk(conn: sqlite3.Connection, phase: str, rows: int) -> _Chunk | N
             )
             _bump(conn, "pruned_rejected", cursor.rowcount)
             return _Chunk(rejected=cursor.rowcount, first=ids[0], last=ids[-1])
-        bounds = _chunk_bounds(conn, "id > :upto", upto, rows)
+        bounds = _chunk_bounds(conn, "id > :upto", sent_bound, rows)
         if bounds is None:
             return None
         first, last = bounds
-        window = {"upto": upto, "last": last}
-        ahead = conn.execute(
-            "SELECT count(*) FROM sent_ahead_ids WHERE id > :upto AND id <= :last", window
-        ).fetchone()[0]
+        window = {"upto": sent_bound, "last": last}
         rejected = conn.execute(
             "SELECT count(*) FROM rejected_ids WHERE id > :upto AND id <= :last", window
         ).fetchone()[0]
+        lost: dict[str, int] = {}
+        if api_on:
+            lost[API_OUTPUT] = _lacking(conn, upto, last, api=True)
+        for output, mark in others.items():
+            lost[output] = _lacking(conn, mark, last, api=False)
         cursor = conn.execute("DELETE FROM reading_rows WHERE id <= ?", (last,))
         conn.execute("DELETE FROM sent_ahead_ids WHERE id <= ?", (last,))
         conn.execute("DELETE FROM rejected_ids WHERE id <= ?", (last,))
-        # Dropped readings are settled for good: the mark moves past them.
-        _set_meta(conn, "sent_upto", str(last))
-        lost = cursor.rowcount - ahead - rejected
-        _bump(conn, "pruned_sent", ahead)
+        # Dropped readings are settled for good: every mark moves past them.
+        _set_meta(conn, "sent_upto", str(max(upto, last)))
+        for output, mark in others.items():
+            _set_output_mark(conn, output, max(mark, last))
+        # The overall count is the worst output's: the readings some output never got.
+        unsent = max(lost.values(), default=0)
+        sent = max(0, cursor.rowcount - unsent - rejected)
+        _bump(conn, "pruned_sent", sent)
         _bump(conn, "pruned_rejected", rejected)
-        _bump(conn, "pruned_unsent", lost)
+        _bump(conn, "pruned_unsent", unsent)
+        for output, count in lost.items():
+            if count:
+                key = f"pruned_unsent.{output}"
+                _set_meta(conn, key, str(int(_meta(conn, key) or 0) + count))
         recorded = json.loads(_meta(conn, "pruned_unsent_ranges") or "[]")
-        recorded.append([first, last, lost, datetime.now(UTC).isoformat(timespec="seconds")])
+        recorded.append([first, last, unsent, datetime.now(UTC).isoformat(timespec="seconds")])
         _set_meta(conn, "pruned_unsent_ranges", json.dumps(recorded[-MAX_RECORDED_RANGES:]))
-        return _Chunk(sent=ahead, rejected=rejected, unsent=lost, first=first, last=last)
+        return _Chunk(sent=sent, rejected=rejected, unsent=unsent, first=first, last=last)
+
+
+def _lacking(conn: sqlite3.Connection, mark: int, last: int, *, api: bool) -> int:
+    """Rows in ``(mark, last]`` an output does not have (for api: not ahead, not rejected)."""
+    if last <= mark:
+        return 0
+    window = {"mark": mark, "last": last}
+    count = int(
+        conn.execute(
+            "SELECT count(*) FROM reading_rows WHERE id > :mark AND id <= :last", window
+        ).fetchone()[0]
+    )
+    if api:
+        count -= int(
+            conn.execute(
+                "SELECT (SELECT count(*) FROM sent_ahead_ids WHERE id > :mark AND id <= :last)"
+                " + (SELECT count(*) FROM rejected_ids WHERE id > :mark AND id <= :last)",
+                window,
+            ).fetchone()[0]
+        )
+    return max(0, count)
 
 
 def _chunk_bounds(

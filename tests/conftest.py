@@ -3,6 +3,8 @@
 pytest_plugins = [
     "tests.fixtures_modbus",
     "tests.fixtures_http",
+    "tests.fixtures_mqtt",
+    "tests.fixtures_influx",
     "tests.fixtures_db",
     "tests.daemon_helpers",
 ]

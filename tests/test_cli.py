@@ -81,6 +81,7 @@ def test_help_does_not_import_pymodbus_or_httpx() -> None:
     log = _imported_modules("--help")
     assert "pymodbus" not in log
     assert "httpx" not in log
+    assert "paho" not in log
 
 
 def test_config_check_without_api_says_so(tmp_path: Path) -> None:
@@ -101,7 +102,8 @@ def test_db_stats_does_not_import_pymodbus_or_httpx(tmp_path: Path) -> None:
     path = tmp_path / "c.toml"
     path.write_text(
         f'[database]\npath = "{db}"\n[modbus]\nport = "/dev/ttyUSB0"\n'
-        '[[modbus.registers_to_read]]\nname = "v"\naddress = 0\n',
+        '[[modbus.registers_to_read]]\nname = "v"\naddress = 0\n'
+        '[mqtt]\nurl = "mqtt://127.0.0.1:1883"\n',
         encoding="utf-8",
     )
     from nixlog import database
@@ -110,6 +112,7 @@ def test_db_stats_does_not_import_pymodbus_or_httpx(tmp_path: Path) -> None:
     log = _imported_modules("db", "stats", "-c", str(path))
     assert "pymodbus" not in log
     assert "httpx" not in log
+    assert "paho" not in log
 
 
 # --------------------------------------------------------------------------- usage errors

@@ -33,6 +33,7 @@ STABLE_KEYS = [
     "pruned_unsent",
     "epoch",
     "lost_unwritten",
+    "outputs",
 ]
 
 
