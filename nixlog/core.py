@@ -146,22 +146,36 @@ class Poller:
         holds the cycle's reading even when it is None here (for display). Never raises for
         device or link trouble.
         """
+        return self.poll_group(self.registers, self.plan)
+
+    def poll_group(
+        self,
+        registers: Sequence[RegisterConfig],
+        plan: list[ReadRequest],
+        device: str | None = None,
+    ) -> Reading | None:
+        """``poll_once`` for one group of a bus (``plan`` covers ``registers``).
+
+        The bus scheduler calls it per device and interval group: backoff (per request, per
+        unit, per link) is the bus's, shared by all its groups. ``plan`` may be rewritten in
+        place (a bridged request a device refuses is split). The reading carries ``device``.
+        """
         started = self.clock()
         self.stats.cycles += 1
         timestamp: str | None = None
         decoded: dict[str, Value] = {}
         errors: dict[str, str] = {}
         if not self._ensure_connected():
-            for register in self.registers:
+            for register in registers:
                 errors[register.name] = self._link_error
-            self.stats.skipped_requests += len(self.plan)
+            self.stats.skipped_requests += len(plan)
         else:
-            timestamp = self._read_plan(decoded, errors)
+            timestamp = self._read_plan(decoded, errors, plan)
         if timestamp is None:
             timestamp = utc_timestamp(self.wall_clock())
-        values = {r.name: decoded[r.name] for r in self.registers if r.name in decoded}
-        ordered_errors = {r.name: errors[r.name] for r in self.registers if r.name in errors}
-        reading = Reading(timestamp=timestamp, values=values, errors=ordered_errors)
+        values = {r.name: decoded[r.name] for r in registers if r.name in decoded}
+        ordered_errors = {r.name: errors[r.name] for r in registers if r.name in errors}
+        reading = Reading(timestamp=timestamp, values=values, errors=ordered_errors, device=device)
         self.last_cycle = reading
         self.stats.last_cycle_sec = self.clock() - started
         if not values:
@@ -190,7 +204,9 @@ class Poller:
         self.last_link_error = None
         return True
 
-    def _read_plan(self, decoded: dict[str, Value], errors: dict[str, str]) -> str | None:
+    def _read_plan(
+        self, decoded: dict[str, Value], errors: dict[str, str], plan: list[ReadRequest]
+    ) -> str | None:
         """Run the plan; fill ``decoded``/``errors``; the time the first request was sent.
 
         Isolation is per request, then per unit, then per link: a block that stays silent
@@ -207,11 +223,11 @@ class Poller:
         link_killers: list[ReadRequest] = []
         reconnected = False
         link_lost = False
-        queue = deque(self.plan)
+        queue = deque(plan)
         if self._suspect:
             # Requests that went unanswered last time go last: a unit's healthy blocks are
             # read (and prove it alive) before one silent block can get the rest skipped.
-            queue = deque(sorted(self.plan, key=lambda r: _block_key(r) in self._suspect))
+            queue = deque(sorted(plan, key=lambda r: _block_key(r) in self._suspect))
         while queue:
             request = queue.popleft()
             unit = request.unit_id
@@ -259,7 +275,7 @@ class Poller:
                     ("answer", unit, result.error), f"{request.describe()}: {result.error}"
                 )
                 if result.exception_code == 2 and request.bridged:
-                    parts = self._split(request)
+                    parts = self._split(request, plan)
                     if len(parts) > 1:
                         queue.extendleft(reversed(parts))
                         continue
@@ -366,12 +382,12 @@ class Poller:
                 continue
             decoded[register.name] = value
 
-    def _split(self, request: ReadRequest) -> list[ReadRequest]:
+    def _split(self, request: ReadRequest, plan: list[ReadRequest]) -> list[ReadRequest]:
         """Stop bridging gaps for a device that refuses reads of unused addresses."""
         parts = split_at_gaps(request)
-        if len(parts) > 1:
-            index = self.plan.index(request)
-            self.plan[index : index + 1] = parts
+        if len(parts) > 1 and request in plan:
+            index = plan.index(request)
+            plan[index : index + 1] = parts
             poll_log.warning(
                 "%s refused (exception 2): reading it as %d requests without gaps from now on",
                 request.describe(),
