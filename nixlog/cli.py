@@ -952,10 +952,13 @@ def export(
     unsent: Annotated[
         bool, typer.Option("--unsent", help="Only readings not yet shipped.")
     ] = False,
+    device: Annotated[
+        str | None, typer.Option("--device", help="Only this plant device's readings.")
+    ] = None,
 ) -> None:
     """Stream stored readings as CSV."""
     from nixlog import database
-    from nixlog.export import export_csv, parse_when
+    from nixlog.export import export_csv, parse_when, register_names
 
     # Bad --since/--until/--output is a usage error (exit 2) even before the config is read.
     since_at = parse_when(since, option="--since") if since is not None else None
@@ -963,20 +966,30 @@ def export(
     if output is not None:
         _check_output(output)
     cfg = _load(config)
-    names = [register.name for register in cfg.modbus.registers]
+    names = register_names(cfg, device)
     conn = database.open_db(cfg.database.path, create=False)
     try:
+        scope: dict[str, Any] = {
+            "device": device,
+            "with_device": device is not None or cfg.is_plant or database.any_device(conn),
+        }
         if output is None:
             try:
                 export_csv(
-                    conn, sys.stdout, names, since=since_at, until=until_at, unsent_only=unsent
+                    conn,
+                    sys.stdout,
+                    names,
+                    since=since_at,
+                    until=until_at,
+                    unsent_only=unsent,
+                    **scope,
                 )
                 sys.stdout.flush()
             except BrokenPipeError:
                 _silence_stdout()  # `nixlog export | head` closed the pipe: not an error
             return
         span = database.id_span(conn)
-        _export_to_file(conn, output, names, since_at, until_at, unsent, span)
+        _export_to_file(conn, output, names, since_at, until_at, unsent, span, scope)
     finally:
         database.close(conn)
 
@@ -1034,6 +1047,7 @@ def _export_to_file(
     until_at: Any,
     unsent: bool,
     span: tuple[int, int] | None,
+    scope: dict[str, Any] | None = None,
 ) -> None:
     """Write to ``output.part`` and rename at the end: no half file under the real name."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -1072,6 +1086,7 @@ def _export_to_file(
                 until=until_at,
                 unsent_only=unsent,
                 on_progress=lambda rid: progress.update(task, completed=rid - first + 1),
+                **(scope or {}),
             )
         partial.replace(output)
     except BaseException:

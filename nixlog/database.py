@@ -50,7 +50,7 @@ from nixlog.model import SENT_DELIVERED, SENT_REJECTED, SENT_UNSENT, Reading, St
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 BUSY_TIMEOUT_MS: Final = 5000
 WAL_AUTOCHECKPOINT_PAGES: Final = 1000  # ~4 MB of WAL at 4 KiB pages, then a checkpoint
 JOURNAL_SIZE_LIMIT_BYTES: Final = 8 * 1024 * 1024  # a WAL is truncated back to this size
@@ -95,8 +95,25 @@ _SCHEMA_V1: Final = (
         FROM reading_rows AS r""",
 )
 
+# Version 2: the plant device a reading is from (NULL for the flat [modbus] form). ADD
+# COLUMN rewrites no row: every row, id and the sent mark stay as they were.
+_SCHEMA_V2: Final = (
+    """ALTER TABLE reading_rows ADD COLUMN device TEXT""",
+    """DROP VIEW readings""",
+    """CREATE VIEW readings AS
+        SELECT r.id AS id, r.timestamp AS timestamp, r.cpu_id AS cpu_id, r.data AS data,
+               r.errors AS errors,
+               CASE WHEN r.id IN (SELECT id FROM rejected_ids) THEN 2
+                    WHEN r.id <= (SELECT CAST(value AS INTEGER) FROM meta
+                                  WHERE key = 'sent_upto')
+                         OR r.id IN (SELECT id FROM sent_ahead_ids) THEN 1
+                    ELSE 0 END AS sent_flag,
+               r.device AS device
+        FROM reading_rows AS r""",
+)
+
 # Each migration brings the schema from version N-1 to N inside one write transaction.
-_MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {1: _SCHEMA_V1}
+_MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {1: _SCHEMA_V1, 2: _SCHEMA_V2}
 
 _COUNTER_KEYS: Final = ("pruned_sent", "pruned_rejected", "pruned_unsent")
 
@@ -538,12 +555,15 @@ def batch_insert_readings(
             device_id,
             _encode(_finite(reading.values)),
             _encode(reading.errors) if reading.errors else None,
+            reading.device,
         )
         for reading in readings
     ]
     with _writing(conn, f"writing a batch of {len(rows)} readings"):
         conn.executemany(
-            "INSERT INTO reading_rows(timestamp, cpu_id, data, errors) VALUES (?, ?, ?, ?)", rows
+            "INSERT INTO reading_rows(timestamp, cpu_id, data, errors, device) "
+            "VALUES (?, ?, ?, ?, ?)",
+            rows,
         )
         last = int(conn.execute("SELECT last_insert_rowid()").fetchone()[0])
     return last - len(rows) + 1, last
@@ -558,14 +578,16 @@ _UNSENT_WHERE: Final = (
 
 
 def _stored(row: sqlite3.Row | tuple[Any, ...], sent_flag: int = SENT_UNSENT) -> StoredReading:
-    rid, timestamp, cpu_id, data, errors = row[:5]
+    """A row of (id, timestamp, cpu_id, data, errors, device[, sent_flag])."""
+    rid, timestamp, cpu_id, data, errors, device = row[:6]
     return StoredReading(
         id=int(rid),
         timestamp=timestamp,
         device_id=cpu_id,
         values=json.loads(data),
         errors=json.loads(errors) if errors else {},
-        sent_flag=int(row[5]) if len(row) > 5 else sent_flag,
+        sent_flag=int(row[6]) if len(row) > 6 else sent_flag,
+        device=device,
     )
 
 
@@ -573,7 +595,7 @@ def get_unsent_readings(conn: sqlite3.Connection, limit: int) -> list[StoredRead
     """Up to ``limit`` unsent readings, oldest first by id (never sent or rejected ones)."""
     with _reading(conn, "reading unsent readings"):
         rows = conn.execute(
-            f"SELECT id, timestamp, cpu_id, data, errors FROM reading_rows "
+            f"SELECT id, timestamp, cpu_id, data, errors, device FROM reading_rows "
             f"WHERE {_UNSENT_WHERE} ORDER BY id LIMIT ?",
             (int(limit),),
         ).fetchall()
@@ -742,9 +764,14 @@ class DbStats:
     pruned_rejected: int = 0
     path: str = ""
     lost_unwritten: int = 0
+    devices: tuple[DeviceRows, ...] = ()
+    """Rows per plant device (empty when no reading carries a device)."""
 
-    def as_dict(self) -> dict[str, int | str | None]:
-        """The ``--json`` document: these keys are a contract with outside scripts."""
+    def as_dict(self) -> dict[str, Any]:
+        """The ``--json`` document: these keys are a contract with outside scripts.
+
+        ``devices`` (a list of per-device rows) appears only when readings carry devices.
+        """
         keys = (
             "rows",
             "unsent",
@@ -762,7 +789,55 @@ class DbStats:
             "epoch",
             "lost_unwritten",
         )
-        return {key: getattr(self, key) for key in keys}
+        document: dict[str, Any] = {key: getattr(self, key) for key in keys}
+        if self.devices:
+            document["devices"] = [device.as_dict() for device in self.devices]
+        return document
+
+
+@dataclass(frozen=True)
+class DeviceRows:
+    """One device's share of the database (``device`` None: readings of the flat form)."""
+
+    device: str | None
+    rows: int
+    unsent: int
+    newest: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        """Its ``db stats --json`` entry."""
+        return {
+            "device": self.device,
+            "rows": self.rows,
+            "unsent": self.unsent,
+            "newest": self.newest,
+        }
+
+
+def _device_rows(conn: sqlite3.Connection) -> tuple[DeviceRows, ...]:
+    """Rows, unsent rows and newest timestamp per device; () when no row has a device.
+
+    A scan of the table (``db stats`` is run by hand, not on the hot path).
+    """
+    probe = "SELECT 1 FROM reading_rows WHERE device IS NOT NULL LIMIT 1"
+    if conn.execute(probe).fetchone() is None:
+        return ()
+    result = conn.execute(
+        "SELECT device, count(*), "
+        f"sum(CASE WHEN {_UNSENT_WHERE} THEN 1 ELSE 0 END), max(id) "
+        "FROM reading_rows GROUP BY device ORDER BY device IS NULL, device"
+    ).fetchall()
+    return tuple(
+        DeviceRows(device, int(rows), int(unsent or 0), _timestamp_of(conn, last))
+        for device, rows, unsent, last in result
+    )
+
+
+def any_device(conn: sqlite3.Connection) -> bool:
+    """True when some reading carries a plant device (export then adds the column)."""
+    with _reading(conn, "looking for device readings"):
+        row = conn.execute("SELECT 1 FROM reading_rows WHERE device IS NOT NULL LIMIT 1")
+        return row.fetchone() is not None
 
 
 def free_disk_bytes(path: Path) -> int:
@@ -806,6 +881,7 @@ def stats(
             ).fetchone()
             oldest_unsent = row[0] if row else None
         meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        devices = _device_rows(conn)
     return DbStats(
         rows=counts.rows,
         unsent=counts.unsent,
@@ -824,6 +900,7 @@ def stats(
         pruned_rejected=int(meta.get("pruned_rejected") or 0),
         path=str(path),
         lost_unwritten=int(meta.get("lost_unwritten") or 0),
+        devices=devices,
     )
 
 
@@ -843,10 +920,16 @@ def _utc_text(moment: datetime) -> str:
 
 
 def _export_filter(
-    since: datetime | None, until: datetime | None, unsent_only: bool
+    since: datetime | None,
+    until: datetime | None,
+    unsent_only: bool,
+    device: str | None = None,
 ) -> tuple[str, dict[str, Any]]:
     clauses: list[str] = []
     params: dict[str, Any] = {}
+    if device is not None:
+        clauses.append("device = :device")
+        params["device"] = device
     if since is not None:
         clauses.append("timestamp >= :since")
         params["since"] = _utc_text(since)
@@ -865,6 +948,7 @@ def iter_readings(
     unsent_only: bool = False,
     *,
     chunk_rows: int = _EXPORT_CHUNK_ROWS,
+    device: str | None = None,
 ) -> Iterator[StoredReading]:
     """Stream readings in id order with ``since <= timestamp < until``, in constant memory.
 
@@ -872,9 +956,9 @@ def iter_readings(
     one long read transaction would stop checkpoints and let the daemon's WAL grow for the
     whole export. There is deliberately no timestamp index (it would cost every insert); the
     filter runs inside SQLite over the table in id order, which is also correct when the clock
-    jumped and timestamps are not monotonic.
+    jumped and timestamps are not monotonic. ``device`` keeps one plant device's readings.
     """
-    where, params = _export_filter(since, until, unsent_only)
+    where, params = _export_filter(since, until, unsent_only, device)
     after = 0
     if unsent_only:  # nothing at or below the high-water mark is unsent: skip it
         with _reading(conn, "exporting readings"):
@@ -882,7 +966,7 @@ def iter_readings(
     while True:
         with _reading(conn, "exporting readings"):
             rows = conn.execute(
-                "SELECT id, timestamp, cpu_id, data, errors, sent_flag FROM readings "
+                "SELECT id, timestamp, cpu_id, data, errors, device, sent_flag FROM readings "
                 f"WHERE id > :after{where} ORDER BY id LIMIT :limit",
                 {**params, "after": after, "limit": chunk_rows},
             ).fetchall()
@@ -898,13 +982,14 @@ def value_keys(
     since: datetime | None = None,
     until: datetime | None = None,
     unsent_only: bool = False,
+    device: str | None = None,
 ) -> set[str]:
     """Every value key found in the readings the same filter selects (a cheap first pass).
 
     Memory grows with the number of distinct keys, not rows; SQLite's ``json_each`` does the
     parsing in C, in id windows so that no snapshot is held for the whole pass.
     """
-    where, params = _export_filter(since, until, unsent_only)
+    where, params = _export_filter(since, until, unsent_only, device)
     keys: set[str] = set()
     with _reading(conn, "listing value keys"):
         first, last = conn.execute("SELECT min(id), max(id) FROM reading_rows").fetchone()
