@@ -624,12 +624,12 @@ class _Table:
         if maximum is not None and value > maximum:
             raise self.error(name, f"must be <= {maximum}, got {shown}")
 
-    def finish(self) -> None:
+    def finish(self, cutoff: float = 0.6) -> None:
         """Refuse keys nobody asked for: they are typos or options this version lacks."""
         unknown = sorted(set(self.data) - self.used)
         if unknown:
             name = unknown[0]
-            close = difflib.get_close_matches(name, sorted(self.used), n=1)
+            close = difflib.get_close_matches(name, sorted(self.used), n=1, cutoff=cutoff)
             hint = f' (did you mean "{close[0]}"?)' if close else ""
             raise self.error(name, f"unknown key{hint}")
 
@@ -638,7 +638,8 @@ def _build_config(file: Path, document: dict[str, Any], env: Mapping[str, str]) 
     root = _Table(file, "", document)
     # Unknown sections first: "[modbuss]" should say so, not "modbus: section missing".
     root.used.update(("device", "database", "modbus", "api", "bus", "profile"))
-    root.finish()
+    # A short name like "bus" is close to many typos ("bogus"): suggest only near misses.
+    root.finish(cutoff=0.8)
     device = _section(root, "device", _build_device)
     database = _section(root, "database", lambda table: _build_database(table, root))
     plant: tuple[BusConfig, ...] = ()
