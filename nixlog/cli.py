@@ -270,11 +270,86 @@ def _print_plan(stdout: Console, cfg: Config) -> None:
     stdout.print(table)
 
 
+def _print_bus_figures(stdout: Console, cfg: Config) -> None:
+    """Per bus: requests/s, the line's busy share, MB/day; then the days of backlog held."""
+    from nixlog import database, scheduler
+
+    total = 0.0
+    for bus in cfg.buses:
+        load = scheduler.bus_load(bus)
+        total += load.bytes_per_day
+        busy = "" if load.busy_share is None else f", line {load.busy_share * 100:.0f} % busy"
+        stdout.print(
+            f"bus {escape(bus.name)}: {load.devices} device{'s' if load.devices > 1 else ''}, "
+            f"{load.requests_per_sec:.3g} requests/s{busy}, "
+            f"{load.bytes_per_day / 1e6:.3g} MB/day stored",
+            soft_wrap=True,
+        )
+        if load.overloaded:
+            assert load.busy_share is not None
+            _console(err=True).print(
+                f"Warning: {escape(bus.name)} is {load.busy_share * 100:.0f} % busy: "
+                "raise intervals or the baud rate",
+                soft_wrap=True,
+            )
+    try:
+        budget, limit = database.backlog_budget_bytes(cfg.database)
+    except NixlogError:
+        return
+    days = budget / total if total else float("inf")
+    stdout.print(
+        f"stored: {total / 1e6:.3g} MB/day (every pass; report by exception stores less); "
+        f"the disk budget ({escape(limit)}) holds {days:.3g} days of backlog",
+        soft_wrap=True,
+    )
+
+
+def _print_devices(stdout: Console, cfg: Config) -> None:
+    """The plant: one row per device with its groups and requests per pass."""
+    from dataclasses import replace
+
+    from nixlog.scheduler import build_groups
+
+    table = Table(title="Devices")
+    for column in ("device", "bus", "unit", "profile", "registers", "intervals", "requests/pass"):
+        table.add_column(column)
+    for bus in cfg.buses:
+        for group_device in bus.devices:
+            groups = build_groups(
+                replace(bus, devices=(group_device,)), cfg.path
+            )
+            table.add_row(
+                escape(group_device.name or ""),
+                escape(bus.name),
+                str(group_device.unit_id),
+                escape(group_device.profile or "(own)"),
+                str(len(group_device.registers)),
+                ", ".join(f"{g.interval_sec:g} s" for g in groups),
+                str(sum(len(g.plan) for g in groups)),
+            )
+    stdout.print(table)
+
+
 @_command(config_app, "check")
 def config_check(config: ConfigOption = None) -> None:
     """Validate a config and print the resolved register map."""
     cfg = _load(config)
     stdout = _console()
+    if cfg.is_plant:
+        buses = ", ".join(f"{bus.name} ({bus.link.port})" for bus in cfg.buses)
+        stdout.print(
+            f"[bold]{escape(str(cfg.path))}[/bold]: OK — {len(cfg.devices())} devices on "
+            f"{len(cfg.buses)} buses: {escape(buses)}; batches of {cfg.modbus.batch_size}",
+            soft_wrap=True,
+        )
+        _print_devices(stdout, cfg)
+        _print_bus_figures(stdout, cfg)
+        api = cfg.api
+        stdout.print(
+            f"database: {escape(str(cfg.database.path))}; api: "
+            + (escape(api.endpoint) if api else escape("not configured (no [api] section)"))
+        )
+        return
     modbus = cfg.modbus
     transport = "Modbus TCP" if modbus.is_tcp else f"Modbus RTU {modbus.baudrate} baud"
     stdout.print(
@@ -304,6 +379,7 @@ def config_check(config: ConfigOption = None) -> None:
         )
     stdout.print(table)
     _print_plan(stdout, cfg)
+    _print_bus_figures(stdout, cfg)
     api = cfg.api
     stdout.print(
         f"database: {escape(str(cfg.database.path))}; api: "
@@ -412,6 +488,9 @@ def poll(
         bool, typer.Option("--save", help="Store the readings in the database too.")
     ] = False,
     json_output: JsonOption = False,
+    device: Annotated[
+        str | None, typer.Option("--device", help="The plant device to poll (by name).")
+    ] = None,
 ) -> None:
     """Read the register map and show readings live; stores nothing unless --save."""
     import json
@@ -423,7 +502,7 @@ def poll(
     from nixlog import core
 
     cfg = _load(config)
-    poller = core.build_poller(cfg)
+    poller = core.build_poller(cfg, device=device)
     outcome = core.PollOutcome()
     max_cycles = 1 if once else count
     store: Any = None
@@ -445,6 +524,8 @@ def poll(
                         "values": reading.values,
                         "errors": reading.errors,
                     }
+                    if reading.device is not None:
+                        record["device"] = reading.device
                     typer.echo(json.dumps(record, ensure_ascii=False))
                 elif live is not None:
                     live.update(_poll_table(poller, reading), refresh=True)
@@ -453,7 +534,7 @@ def poll(
                 poller,
                 on_reading,
                 threading.Event(),
-                cfg.modbus.poll_rate_hz,
+                poller.rate_hz or cfg.modbus.poll_rate_hz,
                 on_cycle=on_cycle,
                 max_cycles=max_cycles,
             )

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Protocol
 
 from nixlog.config import Config, RegisterConfig
+from nixlog.errors import ConfigError
 from nixlog.modbus_client import (
     FAILURE_DISCONNECTED,
     FAILURE_TIMEOUT,
@@ -125,6 +126,10 @@ class Poller:
         self._link_error = "disconnected"
         self._ever_connected = False
         self.last_link_error: str | None = None
+        self.device: str | None = None
+        """The plant device ``poll_once`` reads (its readings carry the name)."""
+        self.rate_hz: float | None = None
+        """The device's own rate, for ``nixlog poll --device`` (None: the config's)."""
 
     # ------------------------------------------------------------------ state
 
@@ -146,7 +151,7 @@ class Poller:
         holds the cycle's reading even when it is None here (for display). Never raises for
         device or link trouble.
         """
-        return self.poll_group(self.registers, self.plan)
+        return self.poll_group(self.registers, self.plan, self.device)
 
     def poll_group(
         self,
@@ -422,12 +427,38 @@ def _block_key(request: ReadRequest) -> tuple[int, str, int, int]:
     return (request.unit_id, request.kind, request.start, request.count)
 
 
-def build_poller(config: Config, link: ReadLink | None = None) -> Poller:
-    """A poller for the configured bus and map (the link is created, not yet opened)."""
-    plan = plan_for_config(config)
-    if link is None:
-        link = create_client(config.modbus)
-    return Poller(link, config.modbus.registers, plan)
+def build_poller(
+    config: Config, link: ReadLink | None = None, device: str | None = None
+) -> Poller:
+    """A poller for the configured bus and map (the link is created, not yet opened).
+
+    ``device`` (a plant device's name) polls that device's registers on its bus, and its
+    readings carry the name. A plant config with several devices needs one (``UsageError``).
+    """
+    from nixlog.errors import UsageError
+
+    if device is None and config.is_plant:
+        named = [d.name for d in config.devices() if d.name is not None]
+        if len(named) > 1:
+            raise UsageError(
+                f"{config.path} has {len(named)} devices: choose one with --device "
+                f"({', '.join(named[:8])}{', ...' if len(named) > 8 else ''})"
+            )
+        device = named[0]
+    if device is None:
+        plan = plan_for_config(config)
+        if link is None:
+            link = create_client(config.modbus)
+        return Poller(link, config.modbus.registers, plan)
+    bus, chosen = config.find_device(device)
+    try:
+        plan = plan_requests(chosen.registers, bus.link.max_registers_per_request)
+    except ValueError as exc:
+        raise ConfigError(f"{config.path}: {bus.name}.max_registers_per_request: {exc}") from None
+    poller = Poller(link if link is not None else create_client(bus.link), chosen.registers, plan)
+    poller.device = chosen.name
+    poller.rate_hz = 1.0 / chosen.poll_interval_sec
+    return poller
 
 
 def run_poll_loop(

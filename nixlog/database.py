@@ -1220,6 +1220,24 @@ class Budget:
         return cls(int(config.storage_limit_gb * GB), max_live, headroom_bytes)
 
 
+def backlog_budget_bytes(
+    config: DatabaseConfig, free_disk: Callable[[Path], int] = free_disk_bytes
+) -> tuple[int, str]:
+    """How many bytes of readings the disk budget holds, and what limits it (for a forecast).
+
+    The smaller of ``max_db_mb`` and the free disk above ``storage_limit_gb`` and the headroom
+    (measured where the database is, or its nearest existing parent directory).
+    """
+    where = Path(config.path)
+    while not where.exists() and where.parent != where:
+        where = where.parent
+    budget = Budget.from_config(config)
+    free = max(0, free_disk(where) - budget.floor_bytes - budget.headroom_bytes)
+    if budget.max_live_bytes is not None and budget.max_live_bytes <= free:
+        return budget.max_live_bytes, f"max_db_mb {config.max_db_mb:g}"
+    return free, f"free disk above storage_limit_gb {config.storage_limit_gb:g}"
+
+
 def bytes_to_free(measurement: Measurement, budget: Budget, *, pruning: bool = False) -> int:
     """Pure: how many bytes of readings must go, 0 when within budget.
 

@@ -299,3 +299,70 @@ def build_bus_scheduler(
 
 def _with_devices(bus: BusConfig, devices: Sequence[PlantDevice]) -> BusConfig:
     return BusConfig(name=bus.name, link=bus.link, devices=tuple(devices))
+
+
+# ------------------------------------------------------------------ load figures (config check)
+
+BUSY_WARN_SHARE = 0.8
+"""``config check`` warns when a serial line's plan needs more than this share of it."""
+_RTU_REQUEST_BYTES = 8  # unit, function, start, count, CRC
+_RTU_ANSWER_OVERHEAD = 5  # unit, function, byte count, CRC
+_RTU_SILENCE_CHARS = 7  # 3.5 character times before each of the two frames
+_ROW_FIXED_BYTES = 80
+"""A stored row without its values: id, timestamp, logger id, JSON braces, SQLite's record."""
+_VALUE_BYTES = 12
+"""A value in a row's JSON beside its name: quotes, colon, comma and about 8 digits."""
+
+
+@dataclass(frozen=True)
+class BusLoad:
+    """What a bus's plan asks of its line and of the disk (every pass stored)."""
+
+    name: str
+    devices: int
+    requests_per_sec: float
+    busy_share: float | None
+    """Share of the serial line's time the requests and answers need (None: Modbus TCP)."""
+    rows_per_day: float
+    bytes_per_day: float
+
+    @property
+    def overloaded(self) -> bool:
+        """True above ``BUSY_WARN_SHARE`` of the line."""
+        return self.busy_share is not None and self.busy_share > BUSY_WARN_SHARE
+
+
+def request_wire_sec(bus: BusConfig, request: ReadRequest) -> float:
+    """Seconds one request and its answer occupy a serial line at its baud rate."""
+    link = bus.link
+    bits = 1 + link.bytesize + (0 if link.parity == "N" else 1) + link.stopbits
+    bit_kind = request.kind in ("coil", "discrete")
+    data = (request.count + 7) // 8 if bit_kind else 2 * request.count
+    chars = _RTU_REQUEST_BYTES + _RTU_ANSWER_OVERHEAD + data + _RTU_SILENCE_CHARS
+    return chars * bits / link.baudrate + link.request_gap_ms / 1000.0
+
+
+def bus_load(bus: BusConfig, groups: Sequence[PollGroup] | None = None) -> BusLoad:
+    """The figures ``config check`` prints for ``bus`` (pure: from the plan alone)."""
+    groups = build_groups(bus) if groups is None else groups
+    requests = 0.0
+    busy = 0.0
+    rows = 0.0
+    size = 0.0
+    for group in groups:
+        per_sec = 1.0 / group.interval_sec
+        requests += len(group.plan) * per_sec
+        busy += sum(request_wire_sec(bus, r) for r in group.plan) * per_sec
+        row = _ROW_FIXED_BYTES + len(group.device or "") + sum(
+            len(r.name) + _VALUE_BYTES for r in group.registers
+        )
+        rows += per_sec * 86400
+        size += per_sec * 86400 * row
+    return BusLoad(
+        name=bus.name,
+        devices=len(bus.devices),
+        requests_per_sec=requests,
+        busy_share=None if bus.link.is_tcp else busy,
+        rows_per_day=rows,
+        bytes_per_day=size,
+    )
