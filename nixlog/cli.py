@@ -1240,8 +1240,15 @@ def simulate(
         str,
         typer.Option("--port", help="tcp://127.0.0.1:5020 or a serial path (e.g. a socat pty)."),
     ] = "tcp://127.0.0.1:5020",
+    bus: Annotated[
+        str | None,
+        typer.Option("--bus", help="A plant config's bus to simulate (default: the first)."),
+    ] = None,
 ) -> None:
-    """Serve a simulated device for the configured (or the example) register map."""
+    """Serve a simulated device for the configured (or the example) register map.
+
+    With a plant config, every device of one bus is served (each on its unit id).
+    """
     from nixlog import simulator
     from nixlog.errors import ConfigError
 
@@ -1255,6 +1262,10 @@ def simulate(
     if config_path is not None:
         cfg = load_config(config_path)
         registers, modbus, source = cfg.modbus.registers, cfg.modbus, str(cfg.path)
+        if cfg.is_plant:
+            chosen = simulator.find_bus(cfg, bus)
+            registers, modbus = simulator.bus_registers(chosen), chosen.link
+            source = f"{cfg.path} bus {chosen.name}"
     units = sorted({r.unit_id for r in registers})
     stderr = _console(err=True)
 
