@@ -1291,6 +1291,14 @@ def _demo_dashboard(status: Any, seconds_left: float) -> Table:
     table.add_row("stored", str(status.stored))
     table.add_row("shipped", str(status.shipped))
     table.add_row("backlog", str(status.backlog))
+    for device, values in sorted(status.devices.items()):
+        shown = ", ".join(
+            f"{name} {value:.2f}" if isinstance(value, float) else f"{name} {value}"
+            for name, value in list(values.items())[:3]
+        )
+        table.add_row(f"  {escape(device)}", escape(shown))
+    if status.devices:
+        return table  # a plant: one line per device instead of one device's values
     for name, value in sorted(status.last_values.items()):
         shown = f"{value:.3f}" if isinstance(value, float) else str(value)
         table.add_row(f"  {escape(name)}", escape(shown))

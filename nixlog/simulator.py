@@ -66,7 +66,9 @@ _STATUS_CYCLE: Final = (0x0001, 0x0001, 0x0101, 0x0001, 0x0011)
 
 
 def _fingerprint(register: RegisterConfig) -> int:
-    return zlib.crc32(register.name.encode("utf-8"))
+    # Unit 1 keeps the name's own phase; other units (two meters of one profile) differ.
+    suffix = "" if register.unit_id == 1 else f"@{register.unit_id}"
+    return zlib.crc32(f"{register.name}{suffix}".encode())
 
 
 def _fit(register: RegisterConfig, value: float) -> Value:
