@@ -92,8 +92,13 @@ def csv_columns(
 
 
 def register_names(config: Config, device: str | None = None) -> list[str]:
-    """Value columns in config order: every device's registers (names once), or one's."""
-    devices = [config.find_device(device)[1]] if device is not None else config.devices()
+    """Value columns in config order: every device's registers (names once), or one's.
+
+    A plant config refuses a device it does not know (``ConfigError`` with the nearest
+    name); a flat config may still filter its database by a device name.
+    """
+    chosen = device is not None and config.is_plant
+    devices = [config.find_device(device)[1]] if chosen and device else config.devices()
     names: dict[str, None] = {}
     for plant_device in devices:
         names.update((register.name, None) for register in plant_device.registers)
