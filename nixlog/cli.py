@@ -1205,6 +1205,13 @@ def _render_db_stats(stats: Any) -> None:
         ("epoch", stats.epoch),
         ("lost unwritten (disk full at stop)", str(stats.lost_unwritten)),
     ]
+    rows += [
+        (
+            f"device {device.device or '(none)'}",
+            f"{device.rows} readings, {device.unsent} unsent, newest {device.newest or '-'}",
+        )
+        for device in stats.devices
+    ]
     for name, value in rows:
         table.add_row(name, escape(value))
     _console().print(table)

@@ -155,3 +155,6 @@ def test_device_column_export_filter_and_stats(tmp_path: Path) -> None:
         {"device": "m2", "rows": 1, "unsent": 1, "newest": "2026-11-02T00:00:01.000000+00:00"},
         {"device": None, "rows": 6, "unsent": 1, "newest": "2026-11-01T10:00:05.000001+00:00"},
     ]
+    human = CliRunner().invoke(app, ["db", "stats", "-c", str(config)])
+    assert human.exit_code == 0, human.output
+    assert "device m1" in human.stdout and "2 readings, 2 unsent" in human.stdout
