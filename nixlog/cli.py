@@ -270,6 +270,11 @@ def _print_plan(stdout: Console, cfg: Config) -> None:
     stdout.print(table)
 
 
+def _percent(share: float) -> str:
+    """``93 %``; below 10 % with one decimal (``0.5 %``), so a light line does not read 0."""
+    return f"{share * 100:.0f} %" if share >= 0.1 else f"{share * 100:.1f} %"
+
+
 def _print_bus_figures(stdout: Console, cfg: Config) -> None:
     """Per bus: requests/s, the line's busy share, MB/day; then the days of backlog held."""
     from nixlog import database, scheduler
@@ -278,7 +283,7 @@ def _print_bus_figures(stdout: Console, cfg: Config) -> None:
     for bus in cfg.buses:
         load = scheduler.bus_load(bus)
         total += load.bytes_per_day
-        busy = "" if load.busy_share is None else f", line {load.busy_share * 100:.0f} % busy"
+        busy = "" if load.busy_share is None else f", line {_percent(load.busy_share)} busy"
         stdout.print(
             f"bus {escape(bus.name)}: {load.devices} device{'s' if load.devices > 1 else ''}, "
             f"{load.requests_per_sec:.3g} requests/s{busy}, "
@@ -288,7 +293,7 @@ def _print_bus_figures(stdout: Console, cfg: Config) -> None:
         if load.overloaded:
             assert load.busy_share is not None
             _console(err=True).print(
-                f"Warning: {escape(bus.name)} is {load.busy_share * 100:.0f} % busy: "
+                f"Warning: {escape(bus.name)} is {_percent(load.busy_share)} busy: "
                 "raise intervals or the baud rate",
                 soft_wrap=True,
             )

@@ -134,7 +134,7 @@ def test_config_check_of_the_plant_example(tmp_path: Path) -> None:
         assert name in out
     assert "bus rs485: 2 devices, 2.03 requests/s, line 13 % busy" in out
     assert "bus plc: 1 device, 4.1 requests/s, 22.3 MB/day stored" in out  # TCP: no line share
-    assert "bus oven: 1 device, 0.4 requests/s, line 0 % busy" in out
+    assert "bus oven: 1 device, 0.4 requests/s, line 0.5 % busy" in out
     assert "the disk budget (max_db_mb 2048) holds" in out
     assert result.stderr == ""
 
@@ -170,3 +170,18 @@ def test_poll_unknown_device_is_a_config_error(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["poll", "--once", "--device", "meter9", "-c", str(path)])
     assert result.exit_code == EXIT_CONFIG, result.output
     assert 'no device "meter9"' in result.stderr
+
+
+def test_readme_shows_the_config_check_figures_of_the_plant_example() -> None:
+    """README's expected `config check` output has today's per-bus figures, line by line."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    starts = ("bus rs485:", "bus plc:", "bus oven:", "stored:")
+    shown = [line for line in readme.splitlines() if line.startswith(starts)]
+    result = CliRunner().invoke(app, ["config", "check", "-c", str(PLANT_EXAMPLE)])
+    printed = [
+        line for line in result.stdout.splitlines() if line.startswith(("bus ", "stored:"))
+    ]
+    assert len(shown) == 4
+    assert [line.split(" holds ")[0] for line in shown] == [
+        line.split(" holds ")[0] for line in printed
+    ]
