@@ -159,7 +159,7 @@ def build_groups(bus: BusConfig, config_path: object = "config") -> list[PollGro
     Raises ``ConfigError`` when a group cannot be planned within the bus's request limit.
     """
     groups: list[PollGroup] = []
-    for index, device in enumerate(bus.devices):
+    for device in bus.devices:
         by_interval: dict[float, list[RegisterConfig]] = {}
         for register in device.registers:
             by_interval.setdefault(device.interval_of(register), []).append(register)
@@ -167,9 +167,9 @@ def build_groups(bus: BusConfig, config_path: object = "config") -> list[PollGro
             try:
                 plan = plan_requests(registers, bus.link.max_registers_per_request)
             except ValueError as exc:
-                key = f"bus[{index}]" if device.name is not None else "modbus"
+                where = f"bus {bus.name}: " if device.name is not None else "modbus."
                 raise ConfigError(
-                    f"{config_path}: {key}.max_registers_per_request: {exc}"
+                    f"{config_path}: {where}max_registers_per_request: {exc}"
                 ) from None
             groups.append(
                 PollGroup(

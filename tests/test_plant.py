@@ -23,7 +23,7 @@ from nixlog.demo import PtyPair
 from nixlog.model import StoredReading
 from nixlog.simulator import SimulatorServer, build_simulator_context, bus_registers
 
-SHORT_SEC = 15.0
+SHORT_SEC = 12.0
 LONG_SEC = 60.0
 INTERVALS = {"fast": 0.1, "medium": 1.0, "slow": 10.0}
 # (device, bus, unit, profile)
