@@ -19,6 +19,7 @@ import math
 import threading
 import time
 import zlib
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -62,6 +63,8 @@ EXAMPLE_REGISTERS: Final[tuple[RegisterConfig, ...]] = (
 )
 """The register map of ``examples/config.toml`` (a test keeps the two identical)."""
 
+HANDLED_KEPT: Final = 100_000
+"""Requests whose timing the simulator keeps (a long ``nixlog simulate`` must not grow)."""
 _STATUS_CYCLE: Final = (0x0001, 0x0001, 0x0101, 0x0001, 0x0011)
 
 
@@ -172,9 +175,10 @@ class SimulatorContext(ModbusServerContext):
         self._pinned_unit: dict[tuple[int, str], Value] = {}
         self._faults: dict[int, _Fault] = {}
         self.requests: list[tuple[int, int, int, int]] = []
-        self.handled: list[tuple[int, float, float]] = []
-        """(unit, monotonic time a request arrived, time its answer was ready) per request:
-        a test proves from it that no two requests were ever outstanding at once."""
+        self.handled: deque[tuple[int, float, float]] = deque(maxlen=HANDLED_KEPT)
+        """(unit, monotonic time a request arrived, time its answer was ready) per request,
+        the latest ``HANDLED_KEPT``: a test proves from it that no two requests were ever
+        outstanding at once."""
 
     # ----------------------------------------------------------------- test controls
 
