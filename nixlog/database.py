@@ -1229,8 +1229,11 @@ def backlog_budget_bytes(
     (measured where the database is, or its nearest existing parent directory).
     """
     where = Path(config.path)
-    while not where.exists() and where.parent != where:
-        where = where.parent
+    try:
+        while not where.exists() and where.parent != where:
+            where = where.parent
+    except OSError as exc:  # a name longer than the file system allows
+        raise DatabaseError(f"{_shorten(config.path)}: cannot measure: {exc.strerror}") from exc
     budget = Budget.from_config(config)
     free = max(0, free_disk(where) - budget.floor_bytes - budget.headroom_bytes)
     if budget.max_live_bytes is not None and budget.max_live_bytes <= free:

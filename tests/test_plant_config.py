@@ -185,3 +185,13 @@ def test_readme_shows_the_config_check_figures_of_the_plant_example() -> None:
     assert [line.split(" holds ")[0] for line in shown] == [
         line.split(" holds ")[0] for line in printed
     ]
+
+
+def test_config_check_with_an_unmeasurable_database_path_still_checks(tmp_path: Path) -> None:
+    """A database name too long to stat: the figures are printed, the backlog days left out."""
+    long_path = tmp_path / ("a" * 300) / "x.db"
+    text = TWO_METERS.replace('path = "plant.db"', f'path = "{long_path}"')
+    result = CliRunner().invoke(app, ["config", "check", "-c", str(write(tmp_path, text))])
+    assert result.exit_code == 0, result.output
+    assert "bus rs485:" in result.stdout
+    assert "days of backlog" not in result.stdout
