@@ -566,6 +566,9 @@ def batch_insert_readings(
             rows,
         )
         last = int(conn.execute("SELECT last_insert_rowid()").fetchone()[0])
+        if any(reading.device is not None for reading in readings):
+            # Lets `db stats` and export skip a table scan on a database without devices.
+            conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('has_devices', '1')")
     return last - len(rows) + 1, last
 
 
@@ -819,8 +822,7 @@ def _device_rows(conn: sqlite3.Connection) -> tuple[DeviceRows, ...]:
 
     A scan of the table (``db stats`` is run by hand, not on the hot path).
     """
-    probe = "SELECT 1 FROM reading_rows WHERE device IS NOT NULL LIMIT 1"
-    if conn.execute(probe).fetchone() is None:
+    if not _has_devices(conn):
         return ()
     result = conn.execute(
         "SELECT device, count(*), "
@@ -836,8 +838,16 @@ def _device_rows(conn: sqlite3.Connection) -> tuple[DeviceRows, ...]:
 def any_device(conn: sqlite3.Connection) -> bool:
     """True when some reading carries a plant device (export then adds the column)."""
     with _reading(conn, "looking for device readings"):
-        row = conn.execute("SELECT 1 FROM reading_rows WHERE device IS NOT NULL LIMIT 1")
-        return row.fetchone() is not None
+        return _has_devices(conn)
+
+
+def _has_devices(conn: sqlite3.Connection) -> bool:
+    """A reading with a device was ever stored (``meta.has_devices``, set by the insert): a
+    flat database never pays for a scan. Pruning may have removed them since: then check."""
+    if _meta(conn, "has_devices") is None:
+        return False
+    probe = "SELECT 1 FROM reading_rows WHERE device IS NOT NULL LIMIT 1"
+    return conn.execute(probe).fetchone() is not None
 
 
 def free_disk_bytes(path: Path) -> int:
