@@ -295,11 +295,91 @@ def _print_plan(stdout: Console, cfg: Config) -> None:
     stdout.print(table)
 
 
+def _percent(share: float) -> str:
+    """``93 %``; below 10 % with one decimal (``0.5 %``), so a light line does not read 0."""
+    return f"{share * 100:.0f} %" if share >= 0.1 else f"{share * 100:.1f} %"
+
+
+def _print_bus_figures(stdout: Console, cfg: Config) -> None:
+    """Per bus: requests/s, the line's busy share, MB/day; then the days of backlog held."""
+    from nixlog import database, scheduler
+
+    total = 0.0
+    for bus in cfg.buses:
+        load = scheduler.bus_load(bus)
+        total += load.bytes_per_day
+        busy = "" if load.busy_share is None else f", line {_percent(load.busy_share)} busy"
+        stdout.print(
+            f"bus {escape(bus.name)}: {load.devices} device{'s' if load.devices > 1 else ''}, "
+            f"{load.requests_per_sec:.3g} requests/s{busy}, "
+            f"{load.bytes_per_day / 1e6:.3g} MB/day stored",
+            soft_wrap=True,
+        )
+        if load.overloaded:
+            assert load.busy_share is not None
+            _console(err=True).print(
+                f"Warning: {escape(bus.name)} is {_percent(load.busy_share)} busy: "
+                "raise intervals or the baud rate",
+                soft_wrap=True,
+            )
+    try:
+        budget, limit = database.backlog_budget_bytes(cfg.database)
+    except NixlogError:
+        return
+    days = budget / total if total else float("inf")
+    stdout.print(
+        f"stored: {total / 1e6:.3g} MB/day (every pass; report by exception stores less); "
+        f"the disk budget ({escape(limit)}) holds {days:.3g} days of backlog",
+        soft_wrap=True,
+    )
+
+
+def _print_devices(stdout: Console, cfg: Config) -> None:
+    """The plant: one row per device with its groups and requests per pass."""
+    from dataclasses import replace
+
+    from nixlog.scheduler import build_groups
+
+    table = Table(title="Devices")
+    for column in ("device", "bus", "unit", "profile", "registers", "intervals", "requests/pass"):
+        table.add_column(column)
+    for bus in cfg.buses:
+        for group_device in bus.devices:
+            groups = build_groups(
+                replace(bus, devices=(group_device,)), cfg.path
+            )
+            table.add_row(
+                escape(group_device.name or ""),
+                escape(bus.name),
+                str(group_device.unit_id),
+                escape(group_device.profile or "(own)"),
+                str(len(group_device.registers)),
+                ", ".join(f"{g.interval_sec:g} s" for g in groups),
+                str(sum(len(g.plan) for g in groups)),
+            )
+    stdout.print(table)
+
+
 @_command(config_app, "check")
 def config_check(config: ConfigOption = None) -> None:
     """Validate a config and print the resolved register map."""
     cfg = _load(config)
     stdout = _console()
+    if cfg.is_plant:
+        buses = ", ".join(f"{bus.name} ({bus.link.port})" for bus in cfg.buses)
+        stdout.print(
+            f"[bold]{escape(str(cfg.path))}[/bold]: OK — {len(cfg.devices())} devices on "
+            f"{len(cfg.buses)} buses: {escape(buses)}; batches of {cfg.modbus.batch_size}",
+            soft_wrap=True,
+        )
+        _print_devices(stdout, cfg)
+        _print_bus_figures(stdout, cfg)
+        api = cfg.api
+        stdout.print(
+            f"database: {escape(str(cfg.database.path))}; api: "
+            + (escape(api.endpoint) if api else escape("not configured (no [api] section)"))
+        )
+        return
     modbus = cfg.modbus
     transport = "Modbus TCP" if modbus.is_tcp else f"Modbus RTU {modbus.baudrate} baud"
     stdout.print(
@@ -329,6 +409,7 @@ def config_check(config: ConfigOption = None) -> None:
         )
     stdout.print(table)
     _print_plan(stdout, cfg)
+    _print_bus_figures(stdout, cfg)
     api = cfg.api
     stdout.print(
         f"database: {escape(str(cfg.database.path))}; api: "
@@ -437,6 +518,9 @@ def poll(
         bool, typer.Option("--save", help="Store the readings in the database too.")
     ] = False,
     json_output: JsonOption = False,
+    device: Annotated[
+        str | None, typer.Option("--device", help="The plant device to poll (by name).")
+    ] = None,
 ) -> None:
     """Read the register map and show readings live; stores nothing unless --save."""
     import json
@@ -448,7 +532,7 @@ def poll(
     from nixlog import core
 
     cfg = _load(config)
-    poller = core.build_poller(cfg)
+    poller = core.build_poller(cfg, device=device)
     outcome = core.PollOutcome()
     max_cycles = 1 if once else count
     store: Any = None
@@ -470,6 +554,8 @@ def poll(
                         "values": reading.values,
                         "errors": reading.errors,
                     }
+                    if reading.device is not None:
+                        record["device"] = reading.device
                     typer.echo(json.dumps(record, ensure_ascii=False))
                 elif live is not None:
                     live.update(_poll_table(poller, reading), refresh=True)
@@ -480,7 +566,7 @@ def poll(
                 poller,
                 on_reading,
                 threading.Event(),
-                cfg.modbus.poll_rate_hz,
+                poller.rate_hz or cfg.modbus.poll_rate_hz,
                 on_cycle=on_cycle,
                 max_cycles=max_cycles,
             )
@@ -1289,10 +1375,13 @@ def export(
     with_units: Annotated[
         bool, typer.Option("--units", help="Add each register's units to the header: v [V].")
     ] = False,
+    device: Annotated[
+        str | None, typer.Option("--device", help="Only this plant device's readings.")
+    ] = None,
 ) -> None:
     """Stream stored readings as CSV."""
     from nixlog import database
-    from nixlog.export import export_csv, parse_when
+    from nixlog.export import export_csv, parse_when, register_names
 
     # Bad --since/--until/--output is a usage error (exit 2) even before the config is read.
     since_at = parse_when(since, option="--since") if since is not None else None
@@ -1300,10 +1389,18 @@ def export(
     if output is not None:
         _check_output(output)
     cfg = _load(config)
-    names = [register.name for register in cfg.modbus.registers]
-    units = {r.name: r.units for r in cfg.modbus.registers if r.units} if with_units else None
+    names = register_names(cfg, device)
+    units = (
+        {r.name: r.units for d in cfg.devices() for r in d.registers if r.units}
+        if with_units
+        else None
+    )
     conn = database.open_db(cfg.database.path, create=False)
     try:
+        scope: dict[str, Any] = {
+            "device": device,
+            "with_device": device is not None or cfg.is_plant or database.any_device(conn),
+        }
         if output is None:
             try:
                 export_csv(
@@ -1314,13 +1411,14 @@ def export(
                     until=until_at,
                     unsent_only=unsent,
                     units=units,
+                    **scope,
                 )
                 sys.stdout.flush()
             except BrokenPipeError:
                 _silence_stdout()  # `nixlog export | head` closed the pipe: not an error
             return
         span = database.id_span(conn)
-        _export_to_file(conn, output, names, since_at, until_at, unsent, span, units)
+        _export_to_file(conn, output, names, since_at, until_at, unsent, span, units, scope)
     finally:
         database.close(conn)
 
@@ -1379,6 +1477,7 @@ def _export_to_file(
     unsent: bool,
     span: tuple[int, int] | None,
     units: dict[str, str] | None = None,
+    scope: dict[str, Any] | None = None,
 ) -> None:
     """Write to ``output.part`` and rename at the end: no half file under the real name."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -1418,6 +1517,7 @@ def _export_to_file(
                 unsent_only=unsent,
                 on_progress=lambda rid: progress.update(task, completed=rid - first + 1),
                 units=units,
+                **(scope or {}),
             )
         partial.replace(output)
     except BaseException:
@@ -1463,6 +1563,13 @@ def _render_db_stats(stats: Any) -> None:
                 f"{output['failures']} failures since, {output['pruned_unsent']} pruned unsent",
             )
         )
+    rows += [
+        (
+            f"device {device.device or '(none)'}",
+            f"{device.rows} readings, {device.unsent} unsent, newest {device.newest or '-'}",
+        )
+        for device in stats.devices
+    ]
     for name, value in rows:
         table.add_row(name, escape(value))
     _console().print(table)
@@ -1498,8 +1605,15 @@ def simulate(
         str,
         typer.Option("--port", help="tcp://127.0.0.1:5020 or a serial path (e.g. a socat pty)."),
     ] = "tcp://127.0.0.1:5020",
+    bus: Annotated[
+        str | None,
+        typer.Option("--bus", help="A plant config's bus to simulate (default: the first)."),
+    ] = None,
 ) -> None:
-    """Serve a simulated device for the configured (or the example) register map."""
+    """Serve a simulated device for the configured (or the example) register map.
+
+    With a plant config, every device of one bus is served (each on its unit id).
+    """
     from nixlog import simulator
     from nixlog.errors import ConfigError
 
@@ -1513,6 +1627,10 @@ def simulate(
     if config_path is not None:
         cfg = load_config(config_path)
         registers, modbus, source = cfg.modbus.registers, cfg.modbus, str(cfg.path)
+        if cfg.is_plant:
+            chosen = simulator.find_bus(cfg, bus)
+            registers, modbus = simulator.bus_registers(chosen), chosen.link
+            source = f"{cfg.path} bus {chosen.name}"
     units = sorted({r.unit_id for r in registers})
     stderr = _console(err=True)
 
@@ -1552,6 +1670,14 @@ def _demo_dashboard(
     table.add_row("stored", str(status.stored), "")
     table.add_row("shipped to the API", str(status.shipped), "")
     table.add_row("backlog (unsent)", str(status.backlog), "")
+    for device, values in sorted(status.devices.items()):
+        latest = ", ".join(
+            f"{name} {value:.2f}" if isinstance(value, float) else f"{name} {value}"
+            for name, value in list(values.items())[:3]
+        )
+        table.add_row(f"  {escape(device)}", escape(latest), "")
+    if status.devices:
+        return Group(heading, table)  # a plant: one line per device, not one device's values
     for name, value in sorted(status.last_values.items()):
         shown = f"{value:.3f}".rstrip("0").rstrip(".") if isinstance(value, float) else None
         shown = shown if shown is not None else _format_value(value)

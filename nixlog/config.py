@@ -116,6 +116,8 @@ class DatabaseConfig:
     storage_limit_gb: float = 1.0
     max_db_mb: float | None = None
     flush_interval_sec: float = 10.0
+    batch_size: int | None = None
+    """Readings per write in the ``[[bus]]`` form (the flat form has ``modbus.batch_size``)."""
 
 
 @dataclass(frozen=True)
@@ -133,6 +135,18 @@ class RegisterConfig:
     length: int | None = None
     bit: int | None = None
     units: str | None = None
+    interval_sec: float | None = None
+    """Its own polling interval (a group of its device); None: the device's (flat form: the
+    poll rate's) interval."""
+    deadband: float | None = None
+    """Report by exception: store only when the value moved at least this much (0: changed)."""
+    heartbeat_sec: float | None = None
+    """Report by exception: store at least this often anyway."""
+
+    @property
+    def by_exception(self) -> bool:
+        """True when this value is stored only on change (``deadband`` or ``heartbeat_sec``)."""
+        return self.deadband is not None or self.heartbeat_sec is not None
 
     @property
     def count(self) -> int:
@@ -174,9 +188,53 @@ class ModbusConfig:
         return self.port.startswith("tcp://")
 
     @property
+    def is_rtu_over_tcp(self) -> bool:
+        """True for ``rtu+tcp://host:port``: RTU frames through a TCP serial server."""
+        return self.port.startswith("rtu+tcp://")
+
+    @property
+    def is_serial_line(self) -> bool:
+        """True when requests travel as RTU frames (a serial path or ``rtu+tcp://``)."""
+        return not self.is_tcp
+
+    @property
     def tcp_address(self) -> tuple[str, int]:
-        """``(host, port)`` of a ``tcp://`` port; 502 when no port is given."""
+        """``(host, port)`` of a ``tcp://`` or ``rtu+tcp://`` port; 502 when no port is given."""
         return parse_tcp_address(self.port)
+
+
+@dataclass(frozen=True)
+class PlantDevice:
+    """One ``[[bus.device]]``: a named unit on a bus and its registers, intervals resolved.
+
+    The flat ``[modbus]`` form is one device whose ``name`` is None (its readings carry no
+    device) and whose registers may name several units.
+    """
+
+    name: str | None
+    unit_id: int
+    registers: tuple[RegisterConfig, ...]
+    poll_interval_sec: float
+    profile: str | None = None
+
+    def interval_of(self, register: RegisterConfig) -> float:
+        """The interval ``register`` is polled at."""
+        return register.interval_sec if register.interval_sec is not None else (
+            self.poll_interval_sec
+        )
+
+
+@dataclass(frozen=True)
+class BusConfig:
+    """One ``[[bus]]``: a line (or TCP peer) with its settings and the devices on it.
+
+    ``link`` carries the port and line settings in the shape the Modbus link takes; its
+    ``registers`` are the first device's (they are not polled from there).
+    """
+
+    name: str
+    link: ModbusConfig
+    devices: tuple[PlantDevice, ...]
 
 
 @dataclass(frozen=True)
@@ -225,7 +283,14 @@ class MqttConfig:
 
 @dataclass(frozen=True)
 class Config:
-    """The whole configuration; ``path`` is the file it came from."""
+    """The whole configuration; ``path`` is the file it came from.
+
+    ``plant`` holds the ``[[bus]]`` form; empty for the flat ``[modbus]`` form. ``buses``
+    gives both forms one shape (the flat form is one bus with one unnamed device), so there is
+    one polling code path. In the plant form ``modbus`` is the first bus's settings with its
+    first device's registers (for single-link tools such as ``scan-registers``), and its
+    ``batch_size`` is ``database.batch_size``.
+    """
 
     path: Path
     modbus: ModbusConfig
@@ -233,12 +298,51 @@ class Config:
     database: DatabaseConfig = DatabaseConfig()
     api: ApiConfig | None = None
     mqtt: MqttConfig | None = None
+    plant: tuple[BusConfig, ...] = ()
 
     @property
     def output_names(self) -> tuple[str, ...]:
         """The configured outputs, each with its own cursor: ``api`` and/or ``mqtt``."""
         return tuple(
             name for name, section in (("api", self.api), ("mqtt", self.mqtt)) if section
+        )
+
+    @property
+    def is_plant(self) -> bool:
+        """True for the ``[[bus]]`` form (readings carry a device name)."""
+        return bool(self.plant)
+
+    @property
+    def buses(self) -> tuple[BusConfig, ...]:
+        """Every bus to poll; the flat form as one bus with one unnamed device."""
+        if self.plant:
+            return self.plant
+        modbus = self.modbus
+        device = PlantDevice(
+            name=None,
+            unit_id=modbus.unit_id,
+            registers=modbus.registers,
+            poll_interval_sec=1.0 / modbus.poll_rate_hz,
+        )
+        return (BusConfig(name="modbus", link=modbus, devices=(device,)),)
+
+    def devices(self) -> list[PlantDevice]:
+        """Every device of every bus, in config order."""
+        return [device for bus in self.buses for device in bus.devices]
+
+    def find_device(self, name: str) -> tuple[BusConfig, PlantDevice]:
+        """The bus and device called ``name``; ``ConfigError`` naming the known ones."""
+        for bus in self.plant:
+            for device in bus.devices:
+                if device.name == name:
+                    return bus, device
+        known = [d.name for d in self.devices() if d.name is not None]
+        if not known:
+            raise ConfigError(f"{self.path}: has no named devices (a [[bus.device]] has a name)")
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f' (did you mean "{close[0]}"?)' if close else ""
+        raise ConfigError(
+            f'{self.path}: no device "{shorten(name, 80)}"{hint}; devices: {", ".join(known)}'
         )
 
     def require_api(self) -> ApiConfig:
@@ -249,12 +353,15 @@ class Config:
 
 
 def parse_tcp_address(port: str) -> tuple[str, int]:
-    """Split ``tcp://host[:port]`` into host and port; raise ``ValueError`` when malformed."""
+    """Split ``tcp://host[:port]`` (or ``rtu+tcp://``) into host and port; ``ValueError``
+    when malformed."""
     try:
         parts = urlsplit(port)
     except ValueError:  # "tcp://[::1" (an unclosed IPv6 bracket)
         raise ValueError(f'expected "tcp://host:port", got "{shorten(port, 80)}"') from None
-    if parts.scheme != "tcp" or not parts.hostname or parts.path not in ("", "/"):
+    if parts.scheme == "rtu+tcp" and parts.hostname and parts.path in ("", "/"):
+        pass
+    elif parts.scheme != "tcp" or not parts.hostname or parts.path not in ("", "/"):
         raise ValueError(
             f'expected "tcp://host:port" or a serial device path, got "{shorten(port, 80)}"'
         )
@@ -558,12 +665,12 @@ class _Table:
         if maximum is not None and value > maximum:
             raise self.error(name, f"must be <= {maximum}, got {shown}")
 
-    def finish(self) -> None:
+    def finish(self, cutoff: float = 0.6) -> None:
         """Refuse keys nobody asked for: they are typos or options this version lacks."""
         unknown = sorted(set(self.data) - self.used)
         if unknown:
             name = unknown[0]
-            close = difflib.get_close_matches(name, sorted(self.used), n=1)
+            close = difflib.get_close_matches(name, sorted(self.used), n=1, cutoff=cutoff)
             hint = f' (did you mean "{close[0]}"?)' if close else ""
             raise self.error(name, f"unknown key{hint}")
 
@@ -571,13 +678,27 @@ class _Table:
 def _build_config(file: Path, document: dict[str, Any], env: Mapping[str, str]) -> Config:
     root = _Table(file, "", document)
     # Unknown sections first: "[modbuss]" should say so, not "modbus: section missing".
-    root.used.update(("device", "database", "modbus", "api", "mqtt"))
-    root.finish()
+    root.used.update(("device", "database", "modbus", "api", "mqtt", "bus", "profile"))
+    # A short name like "bus" is close to many typos ("bogus"): suggest only near misses.
+    root.finish(cutoff=0.8)
     device = _section(root, "device", _build_device)
-    database = _section(root, "database", _build_database)
-    if not root.has("modbus"):
-        raise root.error("modbus", "section missing (required)")
-    modbus = _build_modbus(_Table(file, "modbus", root.raw("modbus")))
+    database = _section(root, "database", lambda table: _build_database(table, root))
+    plant: tuple[BusConfig, ...] = ()
+    if root.has("bus") or root.has("profile"):
+        if root.has("modbus"):
+            key = "bus" if root.has("bus") else "profile"
+            raise root.error(
+                key, "give either [modbus] (one bus) or [[bus]] with [[bus.device]], not both"
+            )
+        if not root.has("bus"):
+            raise root.error("bus", "missing: [profile.*] tables need [[bus]] devices using them")
+        batch_size = database.batch_size if database is not None else None
+        plant = _build_plant(root, batch_size or DEFAULT_BATCH_SIZE)
+        modbus = _plant_modbus(plant, batch_size or DEFAULT_BATCH_SIZE)
+    elif not root.has("modbus"):
+        raise root.error("modbus", "section missing (required; or [[bus]] for several buses)")
+    else:
+        modbus = _build_modbus(_Table(file, "modbus", root.raw("modbus")))
     api = _section(root, "api", lambda table: _build_api(table, env))
     mqtt = _section(root, "mqtt", lambda table: _build_mqtt(table, env))
     if database is None:
@@ -596,7 +717,227 @@ def _build_config(file: Path, document: dict[str, Any], env: Mapping[str, str]) 
         database=database,
         api=api,
         mqtt=mqtt,
+        plant=plant,
     )
+
+
+DEFAULT_BATCH_SIZE: Final = 100
+DEFAULT_POLL_INTERVAL_SEC: Final = 1.0
+MIN_INTERVAL_SEC: Final = 0.001
+MAX_INTERVAL_SEC: Final = 7 * 86400.0
+
+
+@dataclass(frozen=True)
+class _Profile:
+    registers: tuple[RegisterConfig, ...]
+    poll_interval_sec: float | None
+    deadband: float | None
+    heartbeat_sec: float | None
+
+
+def _build_plant(root: _Table, batch_size: int) -> tuple[BusConfig, ...]:
+    """``[[bus]]``/``[[bus.device]]``/``[profile.NAME]`` into buses with resolved devices."""
+    profiles = _build_profiles(root)
+    buses_raw = root.raw("bus")
+    if not isinstance(buses_raw, list) or not buses_raw:
+        raise root.error(
+            "bus", f"expected one or more [[bus]] tables, got {_type_name(buses_raw)}"
+        )
+    buses: list[BusConfig] = []
+    bus_names: dict[str, int] = {}
+    ports: dict[str, int] = {}
+    device_names: dict[str, str] = {}
+    used_profiles: set[str] = set()
+    for index, entry in enumerate(buses_raw):
+        table = _Table(root.file, f"bus[{index}]", entry)
+        bus = _build_bus(table, profiles, device_names, used_profiles, batch_size)
+        if bus.name in bus_names:
+            raise table.error(
+                "name", f'duplicate bus name "{bus.name}" (already bus[{bus_names[bus.name]}])'
+            )
+        bus_names[bus.name] = index
+        if bus.link.port in ports:
+            raise table.error(
+                "port",
+                f'"{shorten(bus.link.port, 80)}" is already bus[{ports[bus.link.port]}]\'s port '
+                "(devices sharing a line belong to one bus)",
+            )
+        ports[bus.link.port] = index
+        buses.append(bus)
+    return tuple(buses)
+
+
+def _build_profiles(root: _Table) -> dict[str, _Profile]:
+    raw = root.raw("profile")
+    if raw is None:
+        return {}
+    section = _Table(root.file, "profile", raw)
+    profiles: dict[str, _Profile] = {}
+    for name in section.data:
+        section.used.add(name)
+        if not _NAME_RE.match(name):
+            raise section.error(
+                name, 'a profile name must start with a letter, then letters, digits and "_.-"'
+            )
+        table = _Table(root.file, f"profile.{name}", section.raw(name))
+        poll_interval = _interval(table, "poll_interval_sec", None)
+        deadband = table.number("deadband", None, minimum=0)
+        heartbeat = _interval(table, "heartbeat_sec", None)
+        registers = _build_registers(table, 1, key="registers", plant=True)
+        table.finish()
+        profiles[name] = _Profile(registers, poll_interval, deadband, heartbeat)
+    return profiles
+
+
+def _interval(table: _Table, name: str, default: float | None) -> float | None:
+    value: float | None = table.number(
+        name, default, minimum=MIN_INTERVAL_SEC, maximum=MAX_INTERVAL_SEC
+    )
+    return value
+
+
+def _build_bus(
+    table: _Table,
+    profiles: Mapping[str, _Profile],
+    device_names: dict[str, str],
+    used_profiles: set[str],
+    batch_size: int,
+) -> BusConfig:
+    name = table.string("name")
+    if not _NAME_RE.match(name):
+        raise table.error(
+            "name",
+            f'must start with a letter, then letters, digits and "_.-" only, got '
+            f'"{shorten(name, 80)}"',
+        )
+    port = table.string("port")
+    try:
+        check_port(port)
+    except ValueError as exc:
+        raise table.error("port", str(exc)) from None
+    link = ModbusConfig(
+        port=port,
+        registers=(),
+        baudrate=table.integer("baudrate", 9600, minimum=50, maximum=4_000_000),
+        parity=table.string("parity", "N", choices=PARITIES),
+        stopbits=table.integer("stopbits", 1, minimum=1, maximum=2),
+        bytesize=table.integer("bytesize", 8, minimum=5, maximum=8),
+        timeout_sec=table.number("timeout_sec", 1.0, positive=True, maximum=60),
+        retries=table.integer("retries", 1, minimum=0, maximum=10),
+        request_gap_ms=table.number("request_gap_ms", 0.0, minimum=0, maximum=10_000),
+        max_registers_per_request=table.integer(
+            "max_registers_per_request",
+            MAX_REGISTERS_PER_REQUEST,
+            minimum=1,
+            maximum=MAX_REGISTERS_PER_REQUEST,
+        ),
+        batch_size=batch_size,
+    )
+    entries = table.raw("device")
+    if entries is None:
+        raise table.error("device", "missing: a bus needs at least one [[bus.device]]")
+    if not isinstance(entries, list) or not entries:
+        raise table.error(
+            "device", f"expected one or more [[bus.device]] tables, got {_type_name(entries)}"
+        )
+    devices: list[PlantDevice] = []
+    units: dict[int, int] = {}
+    for index, entry in enumerate(entries):
+        device_table = _Table(table.file, f"{table.key_path}.device[{index}]", entry)
+        device = _build_plant_device(device_table, profiles, used_profiles)
+        assert device.name is not None
+        if device.name in device_names:
+            raise device_table.error(
+                "name",
+                f'duplicate device name "{device.name}" (already {device_names[device.name]})',
+            )
+        device_names[device.name] = device_table.key_path
+        if device.unit_id in units and not link.is_tcp:
+            raise device_table.error(
+                "unit_id",
+                f"unit {device.unit_id} is already {table.key_path}.device[{units[device.unit_id]}]"
+                " on this line",
+            )
+        units.setdefault(device.unit_id, index)
+        devices.append(device)
+    table.finish()
+    first = devices[0]
+    link = replace(
+        link,
+        registers=first.registers,
+        unit_id=first.unit_id,
+        poll_rate_hz=1.0 / first.poll_interval_sec,
+    )
+    return BusConfig(name=name, link=link, devices=tuple(devices))
+
+
+def _build_plant_device(
+    table: _Table, profiles: Mapping[str, _Profile], used_profiles: set[str]
+) -> PlantDevice:
+    name = table.string("name")
+    if not _NAME_RE.match(name):
+        raise table.error(
+            "name",
+            f'must start with a letter, then letters, digits and "_.-" only, got '
+            f'"{shorten(name, 80)}"',
+        )
+    unit_id = table.integer("unit_id", 1, minimum=0, maximum=255)
+    profile_name = table.string("profile", None)
+    own_interval = _interval(table, "poll_interval_sec", None)
+    own_deadband = table.number("deadband", None, minimum=0)
+    own_heartbeat = _interval(table, "heartbeat_sec", None)
+    profile: _Profile | None = None
+    if profile_name is not None:
+        profile = profiles.get(profile_name)
+        if profile is None:
+            close = difflib.get_close_matches(profile_name, sorted(profiles), n=1)
+            hint = f' (did you mean "{close[0]}"?)' if close else ""
+            known = f" (profiles: {', '.join(sorted(profiles))})" if profiles and not close else ""
+            raise table.error(
+                "profile", f'unknown profile "{shorten(profile_name, 80)}"{hint}{known}'
+            )
+        used_profiles.add(profile_name)
+        if table.has("registers"):
+            raise table.error("registers", "give either profile or registers, not both")
+        registers = profile.registers
+    else:
+        if not table.has("registers"):
+            raise table.error("profile", "missing: a device needs a profile or its registers")
+        registers = _build_registers(table, unit_id, key="registers", plant=True)
+    table.finish()
+    interval = own_interval
+    deadband = own_deadband
+    heartbeat = own_heartbeat
+    if profile is not None:
+        interval = interval if interval is not None else profile.poll_interval_sec
+        deadband = deadband if deadband is not None else profile.deadband
+        heartbeat = heartbeat if heartbeat is not None else profile.heartbeat_sec
+    if interval is None:
+        interval = DEFAULT_POLL_INTERVAL_SEC
+    resolved = tuple(
+        replace(
+            register,
+            unit_id=unit_id,
+            interval_sec=register.interval_sec if register.interval_sec is not None else interval,
+            deadband=register.deadband if register.deadband is not None else deadband,
+            heartbeat_sec=(
+                register.heartbeat_sec if register.heartbeat_sec is not None else heartbeat
+            ),
+        )
+        for register in registers
+    )
+    return PlantDevice(
+        name=name,
+        unit_id=unit_id,
+        registers=resolved,
+        poll_interval_sec=interval,
+        profile=profile_name,
+    )
+
+
+def _plant_modbus(plant: Sequence[BusConfig], batch_size: int) -> ModbusConfig:
+    """``Config.modbus`` of a plant: the first bus's settings and first device's registers."""
+    return replace(plant[0].link, batch_size=batch_size)
 
 
 def _holds_inline_key(document: Mapping[str, Any]) -> bool:
@@ -626,13 +967,16 @@ def _build_device(table: _Table) -> DeviceConfig:
     return DeviceConfig(id=device_id)
 
 
-def _build_database(table: _Table) -> DatabaseConfig:
+def _build_database(table: _Table, root: _Table) -> DatabaseConfig:
     path = table.path("path", DatabaseConfig.path)
+    if table.has("batch_size") and root.has("modbus"):
+        raise table.error("batch_size", "the flat form sets it as modbus.batch_size")
     result = DatabaseConfig(
         path=path,
         storage_limit_gb=table.number("storage_limit_gb", 1.0, minimum=0),
         max_db_mb=table.number("max_db_mb", None, positive=True),
         flush_interval_sec=table.number("flush_interval_sec", 10.0, positive=True),
+        batch_size=table.integer("batch_size", None, minimum=1, maximum=100_000),
     )
     table.finish()
     return result
@@ -673,36 +1017,42 @@ def _build_modbus(table: _Table) -> ModbusConfig:
     )
 
 
-def _build_registers(modbus: _Table, default_unit: int) -> tuple[RegisterConfig, ...]:
-    entries = modbus.raw("registers_to_read")
+def _build_registers(
+    modbus: _Table, default_unit: int, *, key: str = "registers_to_read", plant: bool = False
+) -> tuple[RegisterConfig, ...]:
+    entries = modbus.raw(key)
+    prefix = modbus.key(key)
     if entries is None:
-        raise modbus.error("registers_to_read", "missing (at least one register is required)")
+        raise modbus.error(key, "missing (at least one register is required)")
     if not isinstance(entries, list):
         raise modbus.error(
-            "registers_to_read",
-            "expected an array of tables ([[modbus.registers_to_read]]), "
-            f"got {_type_name(entries)}",
+            key,
+            f"expected an array of tables ([[{prefix}]]), got {_type_name(entries)}",
         )
     if not entries:
-        raise modbus.error("registers_to_read", "empty (at least one register is required)")
+        raise modbus.error(key, "empty (at least one register is required)")
     registers: list[RegisterConfig] = []
     seen: dict[str, int] = {}
     for index, entry in enumerate(entries):
-        table = _Table(modbus.file, f"modbus.registers_to_read[{index}]", entry)
+        table = _Table(modbus.file, f"{prefix}[{index}]", entry)
+        if plant and table.has("unit_id"):
+            raise table.error("unit_id", "comes from the device ([[bus.device]] unit_id)")
         register = _build_register(table, default_unit)
         if register.name in seen:
             raise table.error(
                 "name",
                 f'duplicate name "{register.name}" '
-                f"(already used by modbus.registers_to_read[{seen[register.name]}])",
+                f"(already used by {prefix}[{seen[register.name]}])",
             )
         seen[register.name] = index
         registers.append(register)
-    _check_overlaps(modbus, registers)
+    _check_overlaps(modbus, registers, prefix)
     return tuple(registers)
 
 
-def _check_overlaps(modbus: _Table, registers: Sequence[RegisterConfig]) -> None:
+def _check_overlaps(
+    modbus: _Table, registers: Sequence[RegisterConfig], prefix: str = "modbus.registers_to_read"
+) -> None:
     """Refuse two values claiming the same addresses, in O(n log n).
 
     Sorted by (unit, kind, address), a value can only overlap values that start before it
@@ -727,18 +1077,23 @@ def _check_overlaps(modbus: _Table, registers: Sequence[RegisterConfig]) -> None
         if clashes:
             first = min(clashes)
             later, earlier = (index, first) if index > first else (first, index)
-            _raise_overlap(modbus, later, registers[later], earlier, registers[earlier])
+            _raise_overlap(modbus, later, registers[later], earlier, registers[earlier], prefix)
         active.append(index)
 
 
 def _raise_overlap(
-    modbus: _Table, index: int, register: RegisterConfig, other_index: int, other: RegisterConfig
+    modbus: _Table,
+    index: int,
+    register: RegisterConfig,
+    other_index: int,
+    other: RegisterConfig,
+    prefix: str,
 ) -> None:
     raise modbus.error_at(
-        f"modbus.registers_to_read[{index}].address",
+        f"{prefix}[{index}].address",
         f"{register.kind} {register.address}-{register.end - 1} of unit "
         f'{register.unit_id} overlaps "{other.name}" '
-        f"(modbus.registers_to_read[{other_index}], "
+        f"({prefix}[{other_index}], "
         f"{other.kind} {other.address}-{other.end - 1})",
     )
 
@@ -777,6 +1132,9 @@ def _build_register(table: _Table, default_unit: int) -> RegisterConfig:
     length = table.integer("length", None, minimum=1, maximum=MAX_STRING_REGISTERS)
     bit = table.integer("bit", None, minimum=0, maximum=15)
     units = table.string("units", None)
+    interval_sec = _interval(table, "interval_sec", None)
+    deadband = table.number("deadband", None, minimum=0)
+    heartbeat_sec = _interval(table, "heartbeat_sec", None)
     table.finish()
 
     if is_bit_kind and value_type != "bool":
@@ -811,6 +1169,9 @@ def _build_register(table: _Table, default_unit: int) -> RegisterConfig:
         length=length,
         bit=bit,
         units=units,
+        interval_sec=interval_sec,
+        deadband=deadband,
+        heartbeat_sec=heartbeat_sec,
     )
     if register.end > 65536:
         raise table.error("address", f"{value_type} at {address} runs past the last address 65535")

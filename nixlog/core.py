@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Protocol
 
 from nixlog.config import Config, RegisterConfig
-from nixlog.errors import NixlogError
+from nixlog.errors import ConfigError, NixlogError
 from nixlog.modbus_client import (
     FAILURE_DISCONNECTED,
     FAILURE_TIMEOUT,
@@ -128,6 +128,10 @@ class Poller:
         self._link_error = "disconnected"
         self._ever_connected = False
         self.last_link_error: str | None = None
+        self.device: str | None = None
+        """The plant device ``poll_once`` reads (its readings carry the name)."""
+        self.rate_hz: float | None = None
+        """The device's own rate, for ``nixlog poll --device`` (None: the config's)."""
 
     # ------------------------------------------------------------------ state
 
@@ -149,22 +153,36 @@ class Poller:
         holds the cycle's reading even when it is None here (for display). Never raises for
         device or link trouble.
         """
+        return self.poll_group(self.registers, self.plan, self.device)
+
+    def poll_group(
+        self,
+        registers: Sequence[RegisterConfig],
+        plan: list[ReadRequest],
+        device: str | None = None,
+    ) -> Reading | None:
+        """``poll_once`` for one group of a bus (``plan`` covers ``registers``).
+
+        The bus scheduler calls it per device and interval group: backoff (per request, per
+        unit, per link) is the bus's, shared by all its groups. ``plan`` may be rewritten in
+        place (a bridged request a device refuses is split). The reading carries ``device``.
+        """
         started = self.clock()
         self.stats.cycles += 1
         timestamp: str | None = None
         decoded: dict[str, Value] = {}
         errors: dict[str, str] = {}
         if not self._ensure_connected():
-            for register in self.registers:
+            for register in registers:
                 errors[register.name] = self._link_error
-            self.stats.skipped_requests += len(self.plan)
+            self.stats.skipped_requests += len(plan)
         else:
-            timestamp = self._read_plan(decoded, errors)
+            timestamp = self._read_plan(decoded, errors, plan)
         if timestamp is None:
             timestamp = utc_timestamp(self.wall_clock())
-        values = {r.name: decoded[r.name] for r in self.registers if r.name in decoded}
-        ordered_errors = {r.name: errors[r.name] for r in self.registers if r.name in errors}
-        reading = Reading(timestamp=timestamp, values=values, errors=ordered_errors)
+        values = {r.name: decoded[r.name] for r in registers if r.name in decoded}
+        ordered_errors = {r.name: errors[r.name] for r in registers if r.name in errors}
+        reading = Reading(timestamp=timestamp, values=values, errors=ordered_errors, device=device)
         self.last_cycle = reading
         self.stats.last_cycle_sec = self.clock() - started
         if not values:
@@ -193,7 +211,9 @@ class Poller:
         self.last_link_error = None
         return True
 
-    def _read_plan(self, decoded: dict[str, Value], errors: dict[str, str]) -> str | None:
+    def _read_plan(
+        self, decoded: dict[str, Value], errors: dict[str, str], plan: list[ReadRequest]
+    ) -> str | None:
         """Run the plan; fill ``decoded``/``errors``; the time the first request was sent.
 
         Isolation is per request, then per unit, then per link: a block that stays silent
@@ -210,11 +230,11 @@ class Poller:
         link_killers: list[ReadRequest] = []
         reconnected = False
         link_lost = False
-        queue = deque(self.plan)
+        queue = deque(plan)
         if self._suspect:
             # Requests that went unanswered last time go last: a unit's healthy blocks are
             # read (and prove it alive) before one silent block can get the rest skipped.
-            queue = deque(sorted(self.plan, key=lambda r: _block_key(r) in self._suspect))
+            queue = deque(sorted(plan, key=lambda r: _block_key(r) in self._suspect))
         while queue:
             request = queue.popleft()
             unit = request.unit_id
@@ -262,7 +282,7 @@ class Poller:
                     ("answer", unit, result.error), f"{request.describe()}: {result.error}"
                 )
                 if result.exception_code == 2 and request.bridged:
-                    parts = self._split(request)
+                    parts = self._split(request, plan)
                     if len(parts) > 1:
                         queue.extendleft(reversed(parts))
                         continue
@@ -369,12 +389,12 @@ class Poller:
                 continue
             decoded[register.name] = value
 
-    def _split(self, request: ReadRequest) -> list[ReadRequest]:
+    def _split(self, request: ReadRequest, plan: list[ReadRequest]) -> list[ReadRequest]:
         """Stop bridging gaps for a device that refuses reads of unused addresses."""
         parts = split_at_gaps(request)
-        if len(parts) > 1:
-            index = self.plan.index(request)
-            self.plan[index : index + 1] = parts
+        if len(parts) > 1 and request in plan:
+            index = plan.index(request)
+            plan[index : index + 1] = parts
             poll_log.warning(
                 "%s refused (exception 2): reading it as %d requests without gaps from now on",
                 request.describe(),
@@ -409,12 +429,38 @@ def _block_key(request: ReadRequest) -> tuple[int, str, int, int]:
     return (request.unit_id, request.kind, request.start, request.count)
 
 
-def build_poller(config: Config, link: ReadLink | None = None) -> Poller:
-    """A poller for the configured bus and map (the link is created, not yet opened)."""
-    plan = plan_for_config(config)
-    if link is None:
-        link = create_client(config.modbus)
-    return Poller(link, config.modbus.registers, plan)
+def build_poller(
+    config: Config, link: ReadLink | None = None, device: str | None = None
+) -> Poller:
+    """A poller for the configured bus and map (the link is created, not yet opened).
+
+    ``device`` (a plant device's name) polls that device's registers on its bus, and its
+    readings carry the name. A plant config with several devices needs one (``UsageError``).
+    """
+    from nixlog.errors import UsageError
+
+    if device is None and config.is_plant:
+        named = [d.name for d in config.devices() if d.name is not None]
+        if len(named) > 1:
+            raise UsageError(
+                f"{config.path} has {len(named)} devices: choose one with --device "
+                f"({', '.join(named[:8])}{', ...' if len(named) > 8 else ''})"
+            )
+        device = named[0]
+    if device is None:
+        plan = plan_for_config(config)
+        if link is None:
+            link = create_client(config.modbus)
+        return Poller(link, config.modbus.registers, plan)
+    bus, chosen = config.find_device(device)
+    try:
+        plan = plan_requests(chosen.registers, bus.link.max_registers_per_request)
+    except ValueError as exc:
+        raise ConfigError(f"{config.path}: {bus.name}.max_registers_per_request: {exc}") from None
+    poller = Poller(link if link is not None else create_client(bus.link), chosen.registers, plan)
+    poller.device = chosen.name
+    poller.rate_hz = 1.0 / chosen.poll_interval_sec
+    return poller
 
 
 def run_poll_loop(

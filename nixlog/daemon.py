@@ -1,10 +1,15 @@
 """``nixlog daemon``: the poll loop and the ship/maintain loop, run until SIGTERM or SIGINT.
 
-Named, non-daemon threads, each with its own database connection, share one stop event:
+Named, non-daemon threads share one stop event:
 
-* **poll** (priority): ``core.run_poll_loop`` → ``ReadingBin`` → ``core.flush`` in batches;
-* **ship**: ``core.publish_pending`` while a backlog exists, ``core.maintain`` every minute
-  (at once when a write failed, which is how a full disk gets room back);
+* **poll**, one per bus (``nixlog-poll`` for the flat form, ``nixlog-poll-<bus>`` for a
+  plant): ``scheduler.BusScheduler.run`` puts each reading into the one shared bin; requests
+  on one bus are strictly sequential, buses poll in parallel;
+* **store** (``nixlog-store``, its own database connection): writes the bin with
+  ``core.BinWriter`` when it is due, and at the stop once the poll threads have ended;
+* **ship** (its own connection): ``core.publish_pending`` while a backlog exists,
+  ``core.maintain`` every minute (at once when a write failed, which is how a full disk gets
+  room back);
 * **ship-mqtt** (with ``[mqtt]``): the same ``core.publish_pending`` through the MQTT output,
   with its own cursor, backoff and batch size, so a dead broker never holds up the HTTP API
   or the reverse. Maintenance stays in the ship thread and waits for every output.
@@ -27,8 +32,8 @@ from dataclasses import dataclass, field, replace
 from types import FrameType
 from typing import Any
 
-from nixlog import core, database
-from nixlog.config import Config
+from nixlog import core, database, scheduler
+from nixlog.config import BusConfig, Config
 from nixlog.errors import EXIT_DATABASE, EXIT_INTERRUPTED, NixlogError
 from nixlog.hardware import resolve_device_id
 from nixlog.model import Reading, Value
@@ -52,6 +57,10 @@ STOP_JOIN_SEC = 3.0
 what the poll thread's bin holds (that thread may be stuck in a device read) and leaves."""
 STOP_DB_BUSY_MS = 500
 """The last writes at stop wait at most this long for a lock: the stop is a deadline."""
+STORE_TICK_SEC = 0.2
+"""The store thread looks at the bin at least this often (a full bin wakes it at once)."""
+STORE_WAITS_FOR_POLL_SEC = 2.0
+"""At the stop the store thread waits this long for the poll threads before its last write."""
 
 
 @dataclass
@@ -76,6 +85,8 @@ class DaemonStatus:
     mqtt_error: str | None = None
     last_values: dict[str, Value] = field(default_factory=dict)
     last_errors: dict[str, str] = field(default_factory=dict)
+    devices: dict[str, dict[str, Value]] = field(default_factory=dict)
+    """The last values of each plant device (empty for the flat form)."""
     uptime_sec: float = 0.0
 
     def summary(self) -> str:
@@ -137,6 +148,11 @@ class Daemon:
         self._writer: core.BinWriter | None = None
         self._bin_taken = False
         self.lost = 0
+        self._schedulers: list[scheduler.BusScheduler] = []
+        self._poll_threads: list[threading.Thread] = []
+        self._first_passes: set[str] = set()
+        self._store_wake = threading.Event()
+        self._writer_ready = threading.Event()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -166,25 +182,40 @@ class Daemon:
                 "no [api] or [mqtt] section: readings are kept locally only (nothing is shipped)"
             )
         self._started_at = self.clock()
-        loops: list[tuple[str, Callable[[], None]]] = [
-            ("nixlog-poll", self._poll_thread),
-            ("nixlog-ship", self._ship_thread),
-        ]
+        buses = self.config.buses
+        targets: list[tuple[str, Callable[[], None]]] = [("nixlog-store", self._store_thread)]
+        for bus in buses:
+            name = f"nixlog-poll-{bus.name}" if self.config.is_plant else "nixlog-poll"
+            targets.append((name, lambda bus=bus: self._poll_thread(bus)))  # type: ignore[misc]
+        targets.append(("nixlog-ship", self._ship_thread))
         if self.config.mqtt is not None:
-            loops.append(("nixlog-ship-mqtt", self._mqtt_thread))
-        for name, target in loops:
+            targets.append(("nixlog-ship-mqtt", self._mqtt_thread))
+        for name, target in targets:
             self._heartbeats[name] = self.clock()
             thread = threading.Thread(target=target, name=name, daemon=False)
             self._threads.append(thread)
+            if name.startswith("nixlog-poll"):
+                self._poll_threads.append(thread)
+        for thread in self._threads:
             thread.start()
-        log.info(
-            "started: %d registers on %s at %g Hz, database %s, device id %s",
-            len(self.config.modbus.registers),
-            self.config.modbus.port,
-            self.config.modbus.poll_rate_hz,
-            self.config.database.path,
-            self.device_id,
-        )
+        if self.config.is_plant:
+            log.info(
+                "started: %d devices on %d buses (%s), database %s, device id %s",
+                sum(len(bus.devices) for bus in buses),
+                len(buses),
+                ", ".join(f"{bus.name} {bus.link.port}" for bus in buses),
+                self.config.database.path,
+                self.device_id,
+            )
+        else:
+            log.info(
+                "started: %d registers on %s at %g Hz, database %s, device id %s",
+                len(self.config.modbus.registers),
+                self.config.modbus.port,
+                self.config.modbus.poll_rate_hz,
+                self.config.database.path,
+                self.device_id,
+            )
 
     def request_stop(self) -> None:
         """Ask both loops to stop (signal-handler safe: it only sets events)."""
@@ -273,6 +304,7 @@ class Daemon:
                 self._status,
                 last_values=dict(self._status.last_values),
                 last_errors=dict(self._status.last_errors),
+                devices={name: dict(v) for name, v in self._status.devices.items()},
             )
         snapshot.uptime_sec = self.clock() - self._started_at
         return snapshot
@@ -290,79 +322,125 @@ class Daemon:
     def _beat(self) -> None:
         self._heartbeats[threading.current_thread().name] = self.clock()
 
-    # ------------------------------------------------------------------ poll thread
+    # ------------------------------------------------------------------ poll threads
 
-    def _poll_thread(self) -> None:
-        modbus = self.config.modbus
-        conn = None
-        poller = None
-        writer = None
+    def _poll_thread(self, bus: BusConfig) -> None:
+        """One bus: its scheduler runs until the stop; readings go to the shared bin."""
+        bus_scheduler = None
         try:
-            conn = database.open_db(self.config.database.path)
-            writer = core.BinWriter(
-                conn,
-                self.device_id,
-                modbus.batch_size,
-                self.config.database.flush_interval_sec,
-                clock=self.clock,
-                on_write_error=self._on_write_error,
-            )
-            self._writer = writer
-            poller = core.build_poller(self.config)
-            self._poll_until_stopped(poller, writer)
+            # The bin belongs to the store thread; a reading must not arrive before it exists.
+            self._writer_ready.wait()
+            if self._writer is None:
+                return  # the store thread could not open the database (it asked to stop)
+            bus_scheduler = scheduler.build_bus_scheduler(self.config, bus, clock=self.clock)
+            with self._lock:
+                self._schedulers.append(bus_scheduler)
+            self._poll_until_stopped(bus, bus_scheduler)
         except NixlogError as exc:
-            log.error("poll loop cannot run: %s", exc)
+            log.error("poll loop of bus %s cannot run: %s", bus.name, exc)
             self.request_stop()
         finally:
-            # Shutdown: whatever the bin holds is written before we let go of the database
-            # (unless the main thread, tired of waiting, took the bin over).
-            if writer is not None:
-                with self._bin_lock:
-                    if not self._bin_taken:
-                        self._count_stored(writer.close())
-            if poller is not None:
-                if writer is not None:
-                    self._copy_poll_stats(poller, writer.bin)
-                poller.close()
-            if conn is not None:
-                database.close(conn)
+            if bus_scheduler is not None:
+                bus_scheduler.poller.close()
+            self._first_pass_done(bus.name)
+            self._store_wake.set()
+
+    def _first_pass_done(self, bus_name: str) -> None:
+        with self._lock:
+            self._first_passes.add(bus_name)
+            everyone = len(self._first_passes) >= len(self.config.buses)
+        if everyone:
             self.first_cycle.set()
 
-    def _poll_until_stopped(self, poller: core.Poller, writer: core.BinWriter) -> None:
+    def _poll_until_stopped(self, bus: BusConfig, bus_scheduler: scheduler.BusScheduler) -> None:
+        writer = self._writer
+        assert writer is not None
+
         def on_reading(reading: Reading) -> None:
             with self._bin_lock:
                 if self._bin_taken:
                     return  # a late answer after the stop: the bin is written already
                 writer.bin.add(reading)
+                full = len(writer.bin) >= writer.bin.batch_size
             with self._lock:
                 self._status.polled += 1
+            if full:
+                self._store_wake.set()
 
         def on_cycle(reading: Reading) -> None:
             self._beat()
             with self._lock:
                 self._status.last_values = dict(reading.values)
                 self._status.last_errors = dict(reading.errors)
-            self._copy_poll_stats(poller, writer.bin)
-            # Checked every cycle, not only when a reading arrives: with the device gone, a
-            # partial bin must still be written within flush_interval_sec.
-            with self._bin_lock:
-                if not self._bin_taken:
-                    self._count_stored(writer.flush_if_due())
-            self.first_cycle.set()
+                if reading.device is not None:
+                    self._status.devices[reading.device] = dict(reading.values)
+            self._first_pass_done(bus.name)
 
         while not self.stop_event.is_set():
             try:
-                core.run_poll_loop(
-                    poller,
+                bus_scheduler.run(
                     on_reading,
                     self.stop_event,
-                    self.config.modbus.poll_rate_hz,
-                    self.clock,
                     on_cycle=on_cycle,
+                    on_idle=self._beat,
                 )
             except Exception:
-                log.exception("poll loop failed; restarting it in %.0f s", LOOP_RESTART_SEC)
+                log.exception(
+                    "poll loop of bus %s failed; restarting it in %.0f s",
+                    bus.name,
+                    LOOP_RESTART_SEC,
+                )
                 self.stop_event.wait(LOOP_RESTART_SEC)
+
+    # ------------------------------------------------------------------ store thread
+
+    def _store_thread(self) -> None:
+        """The one store station: writes the shared bin when due, and last at the stop."""
+        conn = None
+        writer = None
+        try:
+            conn = database.open_db(self.config.database.path)
+            writer = core.BinWriter(
+                conn,
+                self.device_id,
+                self.config.modbus.batch_size,
+                self.config.database.flush_interval_sec,
+                clock=self.clock,
+                on_write_error=self._on_write_error,
+            )
+            self._writer = writer
+            self._writer_ready.set()
+            while not self.stop_event.is_set():
+                self._beat()
+                # Checked on a tick, not only when a reading arrives: with the devices gone, a
+                # partial bin must still be written within flush_interval_sec.
+                with self._bin_lock:
+                    if not self._bin_taken:
+                        self._count_stored(writer.flush_if_due())
+                self._copy_poll_stats(writer.bin)
+                self._store_wake.wait(STORE_TICK_SEC)
+                self._store_wake.clear()
+            # Stop polling first, then write the partial bin: a reading still in flight on a
+            # bus gets its chance, a bus stuck in a device read does not hold the write up.
+            deadline = self.clock() + STORE_WAITS_FOR_POLL_SEC
+            for thread in self._poll_threads:
+                thread.join(max(0.0, deadline - self.clock()))
+        except NixlogError as exc:
+            log.error("store loop cannot run: %s", exc)
+            self.request_stop()
+        finally:
+            self._writer_ready.set()
+            # Shutdown: whatever the bin holds is written before we let go of the database
+            # (unless the main thread, tired of waiting, took the bin over).
+            if writer is not None:
+                with self._bin_lock:
+                    if not self._bin_taken:
+                        self._count_stored(writer.close())
+                        self._bin_taken = not len(writer.bin)
+                self._copy_poll_stats(writer.bin)
+            if conn is not None:
+                database.close(conn)
+            self.first_cycle.set()
 
     def _on_write_error(self, _exc: Exception) -> None:
         # Disk full is the usual cause: let the maintenance loop make room now.
@@ -375,10 +453,11 @@ class Daemon:
                 self._status.stored += written
                 self._status.backlog += written
 
-    def _copy_poll_stats(self, poller: core.Poller, reading_bin: core.ReadingBin) -> None:
+    def _copy_poll_stats(self, reading_bin: core.ReadingBin) -> None:
         with self._lock:
-            self._status.failed_cycles = poller.stats.failed_cycles
-            self._status.skipped_slots = poller.stats.skipped_slots
+            pollers = [bus_scheduler.poller for bus_scheduler in self._schedulers]
+            self._status.failed_cycles = sum(p.stats.failed_cycles for p in pollers)
+            self._status.skipped_slots = sum(p.stats.skipped_slots for p in pollers)
             self._status.unsaved = len(reading_bin)
             self._status.dropped = reading_bin.dropped
 

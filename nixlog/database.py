@@ -59,7 +59,7 @@ from nixlog.model import SENT_DELIVERED, SENT_REJECTED, SENT_UNSENT, Reading, St
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 BUSY_TIMEOUT_MS: Final = 5000
 WAL_AUTOCHECKPOINT_PAGES: Final = 1000  # ~4 MB of WAL at 4 KiB pages, then a checkpoint
 JOURNAL_SIZE_LIMIT_BYTES: Final = 8 * 1024 * 1024  # a WAL is truncated back to this size
@@ -104,8 +104,25 @@ _SCHEMA_V1: Final = (
         FROM reading_rows AS r""",
 )
 
+# Version 2: the plant device a reading is from (NULL for the flat [modbus] form). ADD
+# COLUMN rewrites no row: every row, id and the sent mark stay as they were.
+_SCHEMA_V2: Final = (
+    """ALTER TABLE reading_rows ADD COLUMN device TEXT""",
+    """DROP VIEW readings""",
+    """CREATE VIEW readings AS
+        SELECT r.id AS id, r.timestamp AS timestamp, r.cpu_id AS cpu_id, r.data AS data,
+               r.errors AS errors,
+               CASE WHEN r.id IN (SELECT id FROM rejected_ids) THEN 2
+                    WHEN r.id <= (SELECT CAST(value AS INTEGER) FROM meta
+                                  WHERE key = 'sent_upto')
+                         OR r.id IN (SELECT id FROM sent_ahead_ids) THEN 1
+                    ELSE 0 END AS sent_flag,
+               r.device AS device
+        FROM reading_rows AS r""",
+)
+
 # Each migration brings the schema from version N-1 to N inside one write transaction.
-_MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {1: _SCHEMA_V1}
+_MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {1: _SCHEMA_V1, 2: _SCHEMA_V2}
 
 _COUNTER_KEYS: Final = ("pruned_sent", "pruned_rejected", "pruned_unsent")
 
@@ -574,14 +591,20 @@ def batch_insert_readings(
             device_id,
             _encode(_finite(reading.values)),
             _encode(reading.errors) if reading.errors else None,
+            reading.device,
         )
         for reading in readings
     ]
     with _writing(conn, f"writing a batch of {len(rows)} readings"):
         conn.executemany(
-            "INSERT INTO reading_rows(timestamp, cpu_id, data, errors) VALUES (?, ?, ?, ?)", rows
+            "INSERT INTO reading_rows(timestamp, cpu_id, data, errors, device) "
+            "VALUES (?, ?, ?, ?, ?)",
+            rows,
         )
         last = int(conn.execute("SELECT last_insert_rowid()").fetchone()[0])
+        if any(reading.device is not None for reading in readings):
+            # Lets `db stats` and export skip a table scan on a database without devices.
+            conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('has_devices', '1')")
     return last - len(rows) + 1, last
 
 
@@ -599,14 +622,16 @@ _OUTPUT_UNSENT_WHERE: Final = (
 
 
 def _stored(row: sqlite3.Row | tuple[Any, ...], sent_flag: int = SENT_UNSENT) -> StoredReading:
-    rid, timestamp, cpu_id, data, errors = row[:5]
+    """A row of (id, timestamp, cpu_id, data, errors, device[, sent_flag])."""
+    rid, timestamp, cpu_id, data, errors, device = row[:6]
     return StoredReading(
         id=int(rid),
         timestamp=timestamp,
         device_id=cpu_id,
         values=json.loads(data),
         errors=json.loads(errors) if errors else {},
-        sent_flag=int(row[5]) if len(row) > 5 else sent_flag,
+        sent_flag=int(row[6]) if len(row) > 6 else sent_flag,
+        device=device,
     )
 
 
@@ -618,7 +643,7 @@ def get_unsent_readings(
     where = _UNSENT_WHERE if output == API_OUTPUT else _OUTPUT_UNSENT_WHERE
     with _reading(conn, "reading unsent readings"):
         rows = conn.execute(
-            f"SELECT id, timestamp, cpu_id, data, errors FROM reading_rows "
+            f"SELECT id, timestamp, cpu_id, data, errors, device FROM reading_rows "
             f"WHERE {where} ORDER BY id LIMIT :limit",
             {"limit": int(limit), "key": f"sent_upto.{output}"},
         ).fetchall()
@@ -848,9 +873,14 @@ class DbStats:
     lost_unwritten: int = 0
     outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Per configured output: its backlog, last delivery and failures (``output_stats``)."""
+    devices: tuple[DeviceRows, ...] = ()
+    """Rows per plant device (empty when no reading carries a device)."""
 
     def as_dict(self) -> dict[str, Any]:
-        """The ``--json`` document: these keys are a contract with outside scripts."""
+        """The ``--json`` document: these keys are a contract with outside scripts.
+
+        ``devices`` (a list of per-device rows) appears only when readings carry devices.
+        """
         keys = (
             "rows",
             "unsent",
@@ -870,7 +900,62 @@ class DbStats:
             "lost_unwritten",
             "outputs",
         )
-        return {key: getattr(self, key) for key in keys}
+        document: dict[str, Any] = {key: getattr(self, key) for key in keys}
+        if self.devices:
+            document["devices"] = [device.as_dict() for device in self.devices]
+        return document
+
+
+@dataclass(frozen=True)
+class DeviceRows:
+    """One device's share of the database (``device`` None: readings of the flat form)."""
+
+    device: str | None
+    rows: int
+    unsent: int
+    newest: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        """Its ``db stats --json`` entry."""
+        return {
+            "device": self.device,
+            "rows": self.rows,
+            "unsent": self.unsent,
+            "newest": self.newest,
+        }
+
+
+def _device_rows(conn: sqlite3.Connection) -> tuple[DeviceRows, ...]:
+    """Rows, unsent rows and newest timestamp per device; () when no row has a device.
+
+    A scan of the table (``db stats`` is run by hand, not on the hot path).
+    """
+    if not _has_devices(conn):
+        return ()
+    result = conn.execute(
+        "SELECT device, count(*), "
+        f"sum(CASE WHEN {_UNSENT_WHERE} THEN 1 ELSE 0 END), max(id) "
+        "FROM reading_rows GROUP BY device ORDER BY device IS NULL, device"
+    ).fetchall()
+    return tuple(
+        DeviceRows(device, int(rows), int(unsent or 0), _timestamp_of(conn, last))
+        for device, rows, unsent, last in result
+    )
+
+
+def any_device(conn: sqlite3.Connection) -> bool:
+    """True when some reading carries a plant device (export then adds the column)."""
+    with _reading(conn, "looking for device readings"):
+        return _has_devices(conn)
+
+
+def _has_devices(conn: sqlite3.Connection) -> bool:
+    """A reading with a device was ever stored (``meta.has_devices``, set by the insert): a
+    flat database never pays for a scan. Pruning may have removed them since: then check."""
+    if _meta(conn, "has_devices") is None:
+        return False
+    probe = "SELECT 1 FROM reading_rows WHERE device IS NOT NULL LIMIT 1"
+    return conn.execute(probe).fetchone() is not None
 
 
 def free_disk_bytes(path: Path) -> int:
@@ -921,6 +1006,7 @@ def stats(
             ).fetchone()
             oldest_unsent = row[0] if row else None
         meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        devices = _device_rows(conn)
     return DbStats(
         rows=counts.rows,
         unsent=counts.unsent,
@@ -940,6 +1026,7 @@ def stats(
         path=str(path),
         lost_unwritten=int(meta.get("lost_unwritten") or 0),
         outputs=output_stats(conn, outputs),
+        devices=devices,
     )
 
 
@@ -959,10 +1046,16 @@ def _utc_text(moment: datetime) -> str:
 
 
 def _export_filter(
-    since: datetime | None, until: datetime | None, unsent_only: bool
+    since: datetime | None,
+    until: datetime | None,
+    unsent_only: bool,
+    device: str | None = None,
 ) -> tuple[str, dict[str, Any]]:
     clauses: list[str] = []
     params: dict[str, Any] = {}
+    if device is not None:
+        clauses.append("device = :device")
+        params["device"] = device
     if since is not None:
         clauses.append("timestamp >= :since")
         params["since"] = _utc_text(since)
@@ -981,6 +1074,7 @@ def iter_readings(
     unsent_only: bool = False,
     *,
     chunk_rows: int = _EXPORT_CHUNK_ROWS,
+    device: str | None = None,
 ) -> Iterator[StoredReading]:
     """Stream readings in id order with ``since <= timestamp < until``, in constant memory.
 
@@ -988,9 +1082,9 @@ def iter_readings(
     one long read transaction would stop checkpoints and let the daemon's WAL grow for the
     whole export. There is deliberately no timestamp index (it would cost every insert); the
     filter runs inside SQLite over the table in id order, which is also correct when the clock
-    jumped and timestamps are not monotonic.
+    jumped and timestamps are not monotonic. ``device`` keeps one plant device's readings.
     """
-    where, params = _export_filter(since, until, unsent_only)
+    where, params = _export_filter(since, until, unsent_only, device)
     after = 0
     if unsent_only:  # nothing at or below the high-water mark is unsent: skip it
         with _reading(conn, "exporting readings"):
@@ -998,7 +1092,7 @@ def iter_readings(
     while True:
         with _reading(conn, "exporting readings"):
             rows = conn.execute(
-                "SELECT id, timestamp, cpu_id, data, errors, sent_flag FROM readings "
+                "SELECT id, timestamp, cpu_id, data, errors, device, sent_flag FROM readings "
                 f"WHERE id > :after{where} ORDER BY id LIMIT :limit",
                 {**params, "after": after, "limit": chunk_rows},
             ).fetchall()
@@ -1014,13 +1108,14 @@ def value_keys(
     since: datetime | None = None,
     until: datetime | None = None,
     unsent_only: bool = False,
+    device: str | None = None,
 ) -> set[str]:
     """Every value key found in the readings the same filter selects (a cheap first pass).
 
     Memory grows with the number of distinct keys, not rows; SQLite's ``json_each`` does the
     parsing in C, in id windows so that no snapshot is held for the whole pass.
     """
-    where, params = _export_filter(since, until, unsent_only)
+    where, params = _export_filter(since, until, unsent_only, device)
     keys: set[str] = set()
     with _reading(conn, "listing value keys"):
         first, last = conn.execute("SELECT min(id), max(id) FROM reading_rows").fetchone()
@@ -1249,6 +1344,27 @@ class Budget:
         """Budget of a ``DatabaseConfig`` (GB = 10^9 bytes, MB = 10^6 bytes)."""
         max_live = None if config.max_db_mb is None else int(config.max_db_mb * MB)
         return cls(int(config.storage_limit_gb * GB), max_live, headroom_bytes)
+
+
+def backlog_budget_bytes(
+    config: DatabaseConfig, free_disk: Callable[[Path], int] = free_disk_bytes
+) -> tuple[int, str]:
+    """How many bytes of readings the disk budget holds, and what limits it (for a forecast).
+
+    The smaller of ``max_db_mb`` and the free disk above ``storage_limit_gb`` and the headroom
+    (measured where the database is, or its nearest existing parent directory).
+    """
+    where = Path(config.path)
+    try:
+        while not where.exists() and where.parent != where:
+            where = where.parent
+    except OSError as exc:  # a name longer than the file system allows
+        raise DatabaseError(f"{_shorten(config.path)}: cannot measure: {exc.strerror}") from exc
+    budget = Budget.from_config(config)
+    free = max(0, free_disk(where) - budget.floor_bytes - budget.headroom_bytes)
+    if budget.max_live_bytes is not None and budget.max_live_bytes <= free:
+        return budget.max_live_bytes, f"max_db_mb {config.max_db_mb:g}"
+    return free, f"free disk above storage_limit_gb {config.storage_limit_gb:g}"
 
 
 def bytes_to_free(measurement: Measurement, budget: Budget, *, pruning: bool = False) -> int:

@@ -1,6 +1,9 @@
 """CSV export of stored readings (``nixlog export``), streamed in constant memory.
 
-Columns: ``id,timestamp,device_id,<register names in config order, then any others>,sent``.
+Columns: ``id,timestamp,device_id,<register names in config order, then any others>,sent``;
+with plant devices ``id,timestamp,device_id,device,...``: the ``device`` column appears when
+the config is a plant (``[[bus]]``), when ``--device`` selects one, or when some stored reading
+carries a device (a flat config's export of a flat database stays exactly as it was).
 "Any others" are value keys found in the selected rows that the config does not list (a
 register renamed or removed since): a first pass asks SQLite for the distinct keys of the
 same selection (``database.value_keys``), so memory grows with the number of keys, never
@@ -25,6 +28,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Final, TextIO
 
 from nixlog import database
+from nixlog.config import Config
 from nixlog.errors import UsageError
 from nixlog.model import StoredReading
 
@@ -77,11 +81,28 @@ def parse_when(text: str, now: datetime | None = None, option: str = "--since") 
     return moment
 
 
-def csv_columns(register_names: Sequence[str], found_keys: set[str]) -> list[str]:
+def csv_columns(
+    register_names: Sequence[str], found_keys: set[str], *, with_device: bool = False
+) -> list[str]:
     """The header: fixed columns, registers in config order, other keys sorted, ``sent``."""
     known = set(register_names)
     others = sorted(found_keys - known)
-    return ["id", "timestamp", "device_id", *register_names, *others, "sent"]
+    fixed = ["id", "timestamp", "device_id", *(["device"] if with_device else [])]
+    return [*fixed, *register_names, *others, "sent"]
+
+
+def register_names(config: Config, device: str | None = None) -> list[str]:
+    """Value columns in config order: every device's registers (names once), or one's.
+
+    A plant config refuses a device it does not know (``ConfigError`` with the nearest
+    name); a flat config may still filter its database by a device name.
+    """
+    chosen = device is not None and config.is_plant
+    devices = [config.find_device(device)[1]] if chosen and device else config.devices()
+    names: dict[str, None] = {}
+    for plant_device in devices:
+        names.update((register.name, None) for register in plant_device.registers)
+    return list(names)
 
 
 def safe_text(text: str) -> str:
@@ -105,13 +126,17 @@ def format_value(value: object) -> str:
     return json.dumps(value)
 
 
-def csv_row(reading: StoredReading, value_columns: Sequence[str]) -> list[str]:
+def csv_row(
+    reading: StoredReading, value_columns: Sequence[str], *, with_device: bool = False
+) -> list[str]:
     """One CSV record for ``reading`` with the value columns in header order."""
     values = reading.values
+    device = [safe_text(reading.device or "")] if with_device else []
     return [
         str(reading.id),
         reading.timestamp,
         safe_text(reading.device_id),
+        *device,
         *(format_value(values.get(name)) for name in value_columns),
         str(reading.sent_flag),
     ]
@@ -127,6 +152,8 @@ def export_csv(
     unsent_only: bool = False,
     on_progress: Callable[[int], None] | None = None,
     units: Mapping[str, str] | None = None,
+    device: str | None = None,
+    with_device: bool = False,
 ) -> int:
     """Write the selected readings to ``out`` as CSV; return the number of rows written.
 
@@ -134,10 +161,11 @@ def export_csv(
 
     ``on_progress(id)`` is called every ``PROGRESS_EVERY`` rows and at the end with the id
     just written (ids grow with insertion order, so the id span is a cheap progress total).
+    ``device`` keeps one plant device's readings; ``with_device`` adds the ``device`` column.
     """
-    found = database.value_keys(conn, since, until, unsent_only)
-    columns = csv_columns(register_names, found)
-    value_columns = columns[3:-1]
+    found = database.value_keys(conn, since, until, unsent_only, device)
+    columns = csv_columns(register_names, found, with_device=with_device)
+    value_columns = columns[4 if with_device else 3 : -1]
     writer = csv.writer(out, lineterminator="\n")
     labels = [
         f"{column} [{units[column]}]" if units and units.get(column) else column
@@ -146,8 +174,8 @@ def export_csv(
     writer.writerow([safe_text(label) for label in labels])
     written = 0
     last_id = 0
-    for reading in database.iter_readings(conn, since, until, unsent_only):
-        writer.writerow(csv_row(reading, value_columns))
+    for reading in database.iter_readings(conn, since, until, unsent_only, device=device):
+        writer.writerow(csv_row(reading, value_columns, with_device=with_device))
         written += 1
         last_id = reading.id
         if on_progress is not None and written % PROGRESS_EVERY == 0:

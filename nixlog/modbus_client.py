@@ -191,6 +191,9 @@ class FaultLog:
 
 def describe_port(modbus: ModbusConfig) -> str:
     """``tcp://host:port`` or ``/dev/ttyUSB0 (9600 8N1)`` for messages."""
+    if modbus.is_rtu_over_tcp:
+        host, port = modbus.tcp_address
+        return f"rtu+tcp://{host}:{port}"
     if modbus.is_tcp:
         host, port = modbus.tcp_address
         return f"tcp://{host}:{port}"
@@ -302,11 +305,17 @@ class ModbusLink:
         import serial  # type: ignore[import-untyped]
 
         path = self.modbus.port
-        if not os.path.exists(path):
+        url = path
+        if self.modbus.is_rtu_over_tcp:
+            # RTU frames through a TCP serial server: pyserial's socket:// port is a serial
+            # port over TCP, so the RTU transaction (and its pairing rules) stays the same.
+            host, tcp_port = self.modbus.tcp_address
+            url = f"socket://{host}:{tcp_port}"
+        elif not os.path.exists(path):
             raise LinkDown(f"cannot open serial port {path}: no such device")
         try:
             port = serial.serial_for_url(
-                path,
+                url,
                 timeout=self.timeout,
                 write_timeout=self.timeout,
                 bytesize=self.modbus.bytesize,

@@ -19,6 +19,7 @@ import math
 import threading
 import time
 import zlib
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -31,8 +32,15 @@ from pymodbus.exceptions import NoSuchIdException
 from pymodbus.framer import FramerType
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 
-from nixlog.config import BIT_KINDS, ModbusConfig, RegisterConfig, parse_tcp_address
-from nixlog.errors import DeviceError
+from nixlog.config import (
+    BIT_KINDS,
+    BusConfig,
+    Config,
+    ModbusConfig,
+    RegisterConfig,
+    parse_tcp_address,
+)
+from nixlog.errors import DeviceError, UsageError
 from nixlog.model import Value
 from nixlog.registers import KIND_OF_FUNCTION_CODE, encode, value_range
 
@@ -57,11 +65,15 @@ EXAMPLE_REGISTERS: Final[tuple[RegisterConfig, ...]] = (
 """The register map of ``examples/config.toml`` (a test keeps the two identical)."""
 
 _WRITE_KINDS: Final = {5: "coil", 15: "coil", 6: "holding", 16: "holding"}
+HANDLED_KEPT: Final = 100_000
+"""Requests whose timing the simulator keeps (a long ``nixlog simulate`` must not grow)."""
 _STATUS_CYCLE: Final = (0x0001, 0x0001, 0x0101, 0x0001, 0x0011)
 
 
 def _fingerprint(register: RegisterConfig) -> int:
-    return zlib.crc32(register.name.encode("utf-8"))
+    # Unit 1 keeps the name's own phase; other units (two meters of one profile) differ.
+    suffix = "" if register.unit_id == 1 else f"@{register.unit_id}"
+    return zlib.crc32(f"{register.name}{suffix}".encode())
 
 
 def _fit(register: RegisterConfig, value: float) -> Value:
@@ -170,17 +182,38 @@ class SimulatorContext(ModbusServerContext):
             self._by_unit_kind.setdefault((register.unit_id, register.kind), []).append(register)
         self._lock = threading.Lock()
         self._pinned: dict[str, Value] = {}
+        self._pinned_unit: dict[tuple[int, str], Value] = {}
         self._faults: dict[int, _Fault] = {}
         self.requests: list[tuple[int, int, int, int]] = []
+        self.handled: deque[tuple[int, float, float]] = deque(maxlen=HANDLED_KEPT)
+        """(unit, monotonic time a request arrived, time its answer was ready) per request,
+        the latest ``HANDLED_KEPT``: a test proves from it that no two requests were ever
+        outstanding at once."""
 
     # ----------------------------------------------------------------- test controls
 
-    def pin(self, name: str, value: Value) -> None:
-        """Serve ``value`` for register ``name`` from now on instead of the waveform."""
-        if not any(r.name == name for r in self.registers):
+    def pin(self, name: str, value: Value, unit_id: int | None = None) -> None:
+        """Serve ``value`` for register ``name`` (of ``unit_id``, or of every unit) from now on
+        instead of the waveform."""
+        if not any(r.name == name and unit_id in (None, r.unit_id) for r in self.registers):
             raise KeyError(name)
         with self._lock:
-            self._pinned[name] = value
+            if unit_id is None:
+                self._pinned[name] = value
+            else:
+                self._pinned_unit[(unit_id, name)] = value
+
+    def overlaps(self) -> int:
+        """How many requests arrived while an earlier one was still unanswered."""
+        with self._lock:
+            handled = sorted(self.handled, key=lambda item: item[1])
+        count = 0
+        busy_until = -1.0
+        for _unit, arrived, answered in handled:
+            if arrived < busy_until:
+                count += 1
+            busy_until = max(busy_until, answered)
+        return count
 
     def silence(self, unit_id: int) -> None:
         """Make ``unit_id`` stop answering (as if unplugged from the bus)."""
@@ -220,7 +253,9 @@ class SimulatorContext(ModbusServerContext):
     def value_of(self, register: RegisterConfig) -> Value:
         """The value the simulator serves for ``register`` right now."""
         with self._lock:
-            pinned = self._pinned.get(register.name)
+            pinned = self._pinned_unit.get((register.unit_id, register.name))
+            if pinned is None:
+                pinned = self._pinned.get(register.name)
         if pinned is not None:
             return pinned
         return simulated_value(register, self.clock() - self.started)
@@ -277,6 +312,16 @@ class SimulatorContext(ModbusServerContext):
         self, device_id: int, func_code: int, address: int, count: int = 1
     ) -> list[int] | list[bool] | ExcCodes:
         """Answer a read; raising ``NoSuchIdException`` makes the server stay silent."""
+        arrived = time.monotonic()
+        try:
+            return await self._answer(device_id, func_code, address, count)
+        finally:
+            with self._lock:
+                self.handled.append((device_id, arrived, time.monotonic()))
+
+    async def _answer(
+        self, device_id: int, func_code: int, address: int, count: int
+    ) -> list[int] | list[bool] | ExcCodes:
         with self._lock:
             self.requests.append((device_id, func_code, address, count))
             fault = self._faults.get(device_id)
@@ -386,11 +431,14 @@ def serve_tcp(
     registers: Sequence[RegisterConfig] | SimulatorContext,
     stop: threading.Event,
     on_ready: Callable[[str], None] | None = None,
+    *,
+    rtu_frames: bool = False,
 ) -> None:
     """Serve Modbus TCP on ``host:port`` (0: any free port) until ``stop`` is set.
 
     Blocks; run it on a thread. ``on_ready`` gets the actual ``tcp://host:port`` once
-    listening. Raises ``DeviceError`` when the address cannot be used.
+    listening. ``rtu_frames``: speak RTU frames over TCP (a TCP serial server). Raises
+    ``DeviceError`` when the address cannot be used.
     """
     context = _context(registers)
 
@@ -399,7 +447,7 @@ def serve_tcp(
             context,
             address=(host, port),
             ignore_missing_devices=True,
-            framer=FramerType.SOCKET,
+            framer=FramerType.RTU if rtu_frames else FramerType.SOCKET,
             identity=_identity(context),
         )
         await _serve(server, stop, f"tcp://{host}:{port}", on_ready)
@@ -516,7 +564,13 @@ def run_server(
             raise DeviceError(str(exc)) from None
         if urlsplit(port).port == 0:  # "any free port" (parse_tcp_address reads 0 as unset)
             tcp_port = 0
-        serve_tcp(host, tcp_port, registers, stop, on_ready)
+        rtu_frames = port.startswith("rtu+tcp://")
+
+        def ready(address: str) -> None:
+            if on_ready is not None:
+                on_ready(address.replace("tcp://", "rtu+tcp://", 1) if rtu_frames else address)
+
+        serve_tcp(host, tcp_port, registers, stop, ready, rtu_frames=rtu_frames)
         return
     settings: dict[str, Any] = {}
     if modbus is not None:
@@ -554,3 +608,43 @@ def run_simulator(
                 break
     finally:
         server.stop()
+
+
+def bus_registers(bus: BusConfig) -> tuple[RegisterConfig, ...]:
+    """Every register of every device on ``bus`` (each already on its device's unit id)."""
+    return tuple(register for device in bus.devices for register in device.registers)
+
+
+def find_bus(config: Config, name: str | None) -> BusConfig:
+    """The bus called ``name`` (None: the first); ``UsageError`` naming the known ones."""
+    if name is None:
+        return config.buses[0]
+    for bus in config.buses:
+        if bus.name == name:
+            return bus
+    known = ", ".join(bus.name for bus in config.buses)
+    raise UsageError(f'--bus: no bus "{name}" in {config.path} (buses: {known})')
+
+
+def serve_plant(
+    config: Config, ports: dict[str, str], contexts: dict[str, SimulatorContext] | None = None
+) -> list[SimulatorServer]:
+    """Start one simulator per bus in ``ports`` (bus name → where to serve); started servers.
+
+    ``contexts`` may give a bus its own prepared context (pinned values, faults); otherwise
+    each bus serves its devices' registers. On failure the servers started so far stop.
+    """
+    servers: list[SimulatorServer] = []
+    try:
+        for bus in config.buses:
+            if bus.name not in ports:
+                continue
+            context = (contexts or {}).get(bus.name) or build_simulator_context(
+                bus_registers(bus)
+            )
+            servers.append(SimulatorServer(ports[bus.name], context, bus.link).start())
+    except BaseException:
+        for server in servers:
+            server.stop()
+        raise
+    return servers

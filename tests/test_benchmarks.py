@@ -246,3 +246,18 @@ def test_rtu_figure_leaves_a_missing_or_failing_master_out_with_a_note(
     ]
     assert rows[0].cells()[2] == DASH
     assert "RTU: libmodbus left out (libmodbus not installed)" in rtu_notes(got)
+
+
+def test_plant_scheduler_costs_little_against_one_device(tmp_path: Path) -> None:
+    """8 devices through the bus scheduler reach >= 0.9 of the cycles/s of one device x 8
+    units (same requests) against devices answering after 1 ms; measured up to three times,
+    as a noisy neighbour can spoil one."""
+    from benchmarks import plant_scheduler
+
+    costs: list[plant_scheduler.SchedulerCost] = []
+    delay = plant_scheduler.DEVICE_TURNAROUND_MS
+    with plant_scheduler.plant_simulator(tmp_path, delay) as address:
+        while len(costs) < 3 and (not costs or costs[-1].ratio < 0.9):
+            costs.append(plant_scheduler.measure_scheduler_cost(address, tmp_path, 2.0))
+    assert max(cost.ratio for cost in costs) >= 0.9, costs
+    assert costs[0].scheduler_cycles_per_sec > 10

@@ -56,7 +56,8 @@ def transform_for_api(device_id: str, epoch: str, rows: Sequence[StoredReading])
     """The JSON body of one batch for ``rows`` (pure).
 
     Every reading carries ``id`` (``<device_id>-<epoch>-<seq>``), ``seq`` (the row id),
-    ``timestamp`` and ``values``; ``errors`` only when a register failed.
+    ``timestamp`` and ``values``; ``errors`` only when a register failed; ``device`` only
+    for a plant device's reading.
     """
     readings: list[dict[str, Any]] = []
     for row in rows:
@@ -67,6 +68,8 @@ def transform_for_api(device_id: str, epoch: str, rows: Sequence[StoredReading])
             "timestamp": row.timestamp,
             "values": values,
         }
+        if row.device is not None:  # plant readings only: the flat payload stays as it was
+            item["device"] = row.device
         if errors:
             item["errors"] = errors
         readings.append(item)
