@@ -671,9 +671,15 @@ def mark_readings_as_sent(
         return
     with _writing(conn, "marking readings sent"):
         payload = _json_ids(ids)
-        # A reading delivered after all (a later retry succeeded) is no longer rejected.
+        # A reading delivered after all (a later retry succeeded) is no longer rejected, but
+        # only from the oldest row that is not rejected on: below it, pruning may have left a
+        # gap, and a row there that is neither rejected nor followed by every id up to the
+        # newest would break the invariant the cheap counts rely on (module docstring). Below
+        # that line a rejected reading stays rejected: it was judged, and it is kept for export.
         conn.execute(
-            "DELETE FROM rejected_ids WHERE id IN (SELECT value FROM json_each(?))", (payload,)
+            "DELETE FROM rejected_ids WHERE id IN (SELECT value FROM json_each(?)) AND id >= "
+            "(SELECT min(id) FROM reading_rows WHERE id NOT IN (SELECT id FROM rejected_ids))",
+            (payload,),
         )
         upto = _sent_upto(conn)
         above = {int(i) for i in ids if int(i) > upto}

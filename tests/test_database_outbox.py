@@ -132,6 +132,25 @@ def test_rejected_is_never_resent_and_ignores_unknown_ids(db: sqlite3.Connection
     assert db.execute("SELECT count(*) FROM rejected_ids").fetchone()[0] == 1
 
 
+def test_a_rejected_reading_below_a_pruned_gap_stays_rejected(db: sqlite3.Connection) -> None:
+    """Delivering a rejected reading after the sent rows above it were pruned keeps the counts
+    equal to the view (found by the property test below: it used to count the pruned gap)."""
+    fill(db, 10)
+    database.mark_readings_rejected(db, [1])
+    database.mark_readings_as_sent(db, list(range(2, 11)))
+    database._delete_chunk(db, "sent", 6)
+    database.mark_readings_as_sent(db, [1])
+    by_flag = dict(db.execute("SELECT sent_flag, count(*) FROM readings GROUP BY 1").fetchall())
+    got = database.stats(db)
+    assert (got.rows, got.unsent, got.sent, got.rejected) == (
+        sum(by_flag.values()),
+        by_flag.get(SENT_UNSENT, 0),
+        by_flag.get(SENT_DELIVERED, 0),
+        by_flag.get(SENT_REJECTED, 0),
+    )
+    assert flags(db)[1] == SENT_REJECTED
+
+
 def test_record_publish_shows_in_stats(db: sqlite3.Connection) -> None:
     """record_publish stores the time that db stats reports as last_publish."""
     database.record_publish(db, "2026-11-26T12:00:00+00:00")
