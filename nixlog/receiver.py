@@ -27,6 +27,14 @@ from typing import Any, Final
 
 log = logging.getLogger(__name__)
 
+
+class _QuietServer(ThreadingHTTPServer):
+    """A client that hangs up mid-request (a post abandoned at a stop deadline) is one log
+    line, not socketserver's traceback on stderr (the demo's terminal)."""
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.debug("client %s went away mid-request", client_address, exc_info=True)
+
 DEFAULT_PATH: Final = "/v1/data"
 MAX_BODY_BYTES: Final = 64 * 1024 * 1024
 
@@ -118,7 +126,7 @@ class Receiver:
         self._seen: set[str] = set()
         self._latest: dict[str, Any] | None = None
         self._thread: threading.Thread | None = None
-        self._server = ThreadingHTTPServer((host, port), _make_handler(self))
+        self._server = _QuietServer((host, port), _make_handler(self))
         # Handler threads must never keep the process alive (a hung client, a demo exit).
         self._server.daemon_threads = True
         self._scheme = "http"

@@ -113,3 +113,23 @@ def test_importing_core_does_not_import_httpx() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert proc.stdout.strip() == "False"
+
+
+def test_a_client_hanging_up_mid_request_prints_no_traceback(
+    rx: Receiver, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A post abandoned mid-request (RST) leaves no socketserver traceback on stderr."""
+    import socket
+    import struct
+    import time
+
+    host, port = rx.url.split("//", 1)[1].split("/", 1)[0].rsplit(":", 1)
+    sock = socket.create_connection((host, int(port)))
+    sock.sendall(b"POST /v1/data HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+    # SO_LINGER 0: close sends RST, as an abandoned connection of a stopping process does.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+    time.sleep(0.3)
+    # The receiver still serves the next client.
+    assert post(rx.url, json.dumps(batch("a-1")).encode()).status_code == 200
+    assert "Traceback" not in capfd.readouterr().err
