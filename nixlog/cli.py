@@ -278,7 +278,7 @@ def _print_plan(stdout: Console, cfg: Config) -> None:
     plan = plan_for_config(cfg)
     distinct = len({(r.unit_id, r.kind, r.address, r.count) for r in cfg.modbus.registers})
     table = Table(
-        title=f"Request plan: {len(plan)} requests per cycle "
+        title=f"Request plan: {_plural(len(plan), 'request')} per cycle "
         f"({distinct} without coalescing)"
     )
     for column in ("unit", "kind", "start", "count", "unused", "registers"):
@@ -383,7 +383,8 @@ def config_check(config: ConfigOption = None) -> None:
     modbus = cfg.modbus
     transport = "Modbus TCP" if modbus.is_tcp else f"Modbus RTU {modbus.baudrate} baud"
     stdout.print(
-        f"[bold]{escape(str(cfg.path))}[/bold]: OK — {len(modbus.registers)} registers on "
+        f"[bold]{escape(str(cfg.path))}[/bold]: OK — "
+        f"{_plural(len(modbus.registers), 'register')} on "
         f"{escape(modbus.port)} ({transport}), {modbus.poll_rate_hz:g} Hz, "
         f"batches of {modbus.batch_size}"
     )

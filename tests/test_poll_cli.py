@@ -156,6 +156,22 @@ def test_config_check_prints_the_plan(tmp_path: Path) -> None:
     assert plan_rows and all(field in plan_rows[0] for field in ("input", " 0 ", " 21 "))
 
 
+def test_config_check_counts_one_register_in_the_singular(tmp_path: Path) -> None:
+    """A one-register map is "1 register" read in "1 request per cycle", not "1 registers"."""
+    config = tmp_path / "one.toml"
+    config.write_text(
+        '[modbus]\nport = "tcp://127.0.0.1:5020"\n'
+        '[[modbus.registers_to_read]]\nname = "voltage"\naddress = 0\n',
+        encoding="utf-8",
+    )
+    result = runner.invoke(app, ["config", "check", "-c", str(config)])
+    _clean(result)
+    assert result.exit_code == 0, result.stderr
+    text = " ".join(result.stdout.split())
+    assert "OK — 1 register on" in text
+    assert "Request plan: 1 request per cycle" in text
+
+
 def test_config_check_refuses_an_impossible_plan(tmp_path: Path) -> None:
     """A register larger than max_registers_per_request is a config error naming the key."""
     config = write_config(tmp_path, "tcp://127.0.0.1:5020")
