@@ -373,7 +373,10 @@ class Daemon:
                 self._status.last_values = dict(reading.values)
                 self._status.last_errors = dict(reading.errors)
                 if reading.device is not None:
-                    self._status.devices[reading.device] = dict(reading.values)
+                    # Merged: a device's interval groups each bring part of its values. A new
+                    # dict each time, so a reader holding the old one never sees it change.
+                    known = self._status.devices.get(reading.device, {})
+                    self._status.devices[reading.device] = {**known, **reading.values}
             self._first_pass_done(bus.name)
 
         while not self.stop_event.is_set():

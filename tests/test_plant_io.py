@@ -101,3 +101,31 @@ def test_demo_plant_over_tcp_fallback(tmp_path: Path) -> None:
     devices = {row.device: row.rows for row in summary.stats.devices}
     assert set(devices) == {"meter1", "meter2", "plc"}
     assert summary.received == summary.stats.rows > 0
+
+
+def test_daemon_status_merges_a_devices_interval_groups(
+    tmp_path: Path, start_simulator: Callable[..., SimulatorServer]
+) -> None:
+    """The dashboard's per-device values hold every group's registers, not the last group's."""
+    from nixlog.daemon import Daemon
+
+    path = tmp_path / "plant.toml"
+    slow_energy = '{{name = "energy", address = 100, type = "uint32", interval_sec = 0.5}}'
+    two_rates = PLANT.replace(
+        '{{name = "energy", address = 100, type = "uint32"}}', slow_energy
+    ).replace('profile = "pm"\n', 'profile = "pm"\npoll_interval_sec = 0.1\n', 1)
+    path.write_text(two_rates.format(db=tmp_path / "p.db", port="tcp://127.0.0.1:1"), "utf-8")
+    context = build_simulator_context(bus_registers(load_config(path, env={}).buses[0]))
+    server = start_simulator(context, port="tcp://127.0.0.1:0")
+    path.write_text(two_rates.format(db=tmp_path / "p.db", port=server.address), "utf-8")
+    config = load_config(path, env={})
+    assert len({r.interval_sec for r in config.buses[0].devices[0].registers}) == 2
+    daemon = Daemon(config)
+    daemon.start()
+    try:
+        time.sleep(1.5)  # several fast passes after the last slow one
+        seen = daemon.status().devices["meter1"]
+    finally:
+        daemon.request_stop()
+        assert daemon.join(timeout=10)
+    assert set(seen) == {"voltage", "energy"}
