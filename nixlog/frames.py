@@ -118,20 +118,30 @@ class FrameError(ValueError):
         self.reason = reason
 
 
-def parse_pdu(pdu: bytes, function: int, count: int) -> Answer:
-    """Check an answer PDU (function, byte count, data) against the read it answers."""
+def _check_read_pdu(pdu: bytes, function: int, count: int) -> int | None:
+    """The exception code of a read's answer PDU, or None when it carries the data asked for;
+    ``FrameError`` otherwise. Checks without unpacking the values (the poll path checks every
+    answer once in the transaction and unpacks it once in ``parse_pdu``)."""
     if not pdu:
         raise FrameError("empty answer")
     if pdu[0] == function | EXCEPTION_BIT:
         if len(pdu) != 2:
             raise FrameError("bad exception frame")
-        return Answer(code=pdu[1])
+        return pdu[1]
     if pdu[0] != function:
         raise FrameError(f"answer with function {pdu[0]} (asked {function})")
     expected = byte_count(function, count)
     if len(pdu) < 2 or pdu[1] != expected or len(pdu) != 2 + expected:
         got = pdu[1] if len(pdu) > 1 else 0
         raise FrameError(f"answer with {got} data bytes (expected {expected})")
+    return None
+
+
+def parse_pdu(pdu: bytes, function: int, count: int) -> Answer:
+    """Check an answer PDU (function, byte count, data) against the read it answers."""
+    code = _check_read_pdu(pdu, function, count)
+    if code is not None:
+        return Answer(code=code)
     data = pdu[2:]
     if function in BIT_FUNCTIONS:
         bits = [bool(data[i // 8] >> (i % 8) & 1) for i in range(count)]
@@ -275,7 +285,7 @@ def check_answer(request: bytes, answer: bytes) -> int | None:
     function = request[0]
     if function in READ_FUNCTIONS:
         _, count = struct.unpack(">HH", request[1:5])
-        return parse_pdu(answer, function, count).code
+        return _check_read_pdu(answer, function, count)
     if not answer:
         raise FrameError("empty answer")
     if answer[0] == function | EXCEPTION_BIT:

@@ -73,6 +73,8 @@ RTU_SETTLE_CAP_SEC: Final = 5.0
 RTU_QUIET_CHARS: Final = 4
 """Character times of silence that end any frame (RTU needs 3.5)."""
 RECENT_ANSWERS: Final = 8
+TCP_RECV_BYTES: Final = 4096
+"""One receive takes up to this much: a whole answer (at most 260 bytes) and anything behind it."""
 SUMMARY_INTERVAL_SEC: Final = 300.0
 
 # Failure categories of a request, used by the poller to decide what to back off.
@@ -250,6 +252,7 @@ class ModbusLink:
         self._sock: socket.socket | None = None
         self._transaction = 0
         self._tcp_last = b""  # the last answer frame taken on TCP (to recognise a copy)
+        self._rx = bytearray()  # TCP bytes received and not yet taken (one connection's)
         # RTU line state: one character is start + data + parity + stop bits.
         bits = 1 + modbus.bytesize + (0 if modbus.parity == "N" else 1) + modbus.stopbits
         self._char_sec = bits / modbus.baudrate
@@ -296,6 +299,7 @@ class ModbusLink:
             raise LinkDown(f"cannot connect to {self.description}: {_os_reason(exc)}") from exc
         # Requests are tiny and strictly request/response: Nagle would only add latency.
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._rx.clear()
         self._sock = sock
 
     def _connect_serial(self) -> None:
@@ -330,6 +334,7 @@ class ModbusLink:
     def close(self) -> None:
         """Close the port; safe to call twice, never raises (the port may be gone)."""
         sock, self._sock = self._sock, None
+        self._rx.clear()  # what the old connection sent never counts on the next one
         port, self._serial = self._serial, None
         if sock is not None:
             with suppress(OSError):
@@ -743,18 +748,23 @@ class ModbusLink:
         return pdu
 
     def _recv(self, sock: socket.socket, size: int, deadline: float, unit: int) -> bytes:
-        """Exactly ``size`` bytes before ``deadline``; a timeout replaces the connection."""
-        data = bytearray()
+        """Exactly ``size`` bytes before ``deadline``; a timeout replaces the connection.
+
+        Reads whatever has arrived (up to a whole frame's worth) and keeps the rest for the
+        next call, so a whole answer usually costs one receive, not one per MBAP part.
+        """
+        data = self._rx
         while len(data) < size:
             remaining = deadline - time.monotonic()
             try:
                 if remaining <= 0:
                     raise TimeoutError
                 sock.settimeout(remaining)
-                chunk = sock.recv(size - len(data))
+                chunk = sock.recv(TCP_RECV_BYTES)
             except TimeoutError as exc:
+                partial = bool(data)
                 self.close()
-                if data:
+                if partial:
                     raise BadResponse("incomplete answer") from exc
                 raise ReadTimeout(
                     f"no answer from unit {unit} on {self.description}", "timeout"
@@ -764,7 +774,9 @@ class ModbusLink:
             if not chunk:
                 raise LinkDown(f"lost connection to {self.description}: closed by the peer")
             data += chunk
-        return bytes(data)
+        taken = bytes(data[:size])
+        del data[:size]
+        return taken
 
 
 def create_client(modbus: ModbusConfig) -> ModbusLink:
