@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import os
+import select
 import socket
 import struct
 import time
@@ -253,6 +255,7 @@ class ModbusLink:
         self._transaction = 0
         self._tcp_last = b""  # the last answer frame taken on TCP (to recognise a copy)
         self._rx = bytearray()  # TCP bytes received and not yet taken (one connection's)
+        self._poll = select.poll()  # readiness of the TCP socket (registered on connect)
         # RTU line state: one character is start + data + parity + stop bits.
         bits = 1 + modbus.bytesize + (0 if modbus.parity == "N" else 1) + modbus.stopbits
         self._char_sec = bits / modbus.baudrate
@@ -299,6 +302,11 @@ class ModbusLink:
             raise LinkDown(f"cannot connect to {self.description}: {_os_reason(exc)}") from exc
         # Requests are tiny and strictly request/response: Nagle would only add latency.
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # Non-blocking, waited on with our own poll: a socket timeout would cost a mode switch
+        # per call and a poll before every send as well as every receive.
+        sock.setblocking(False)
+        self._poll = select.poll()
+        self._poll.register(sock, select.POLLIN)
         self._rx.clear()
         self._sock = sock
 
@@ -715,11 +723,8 @@ class ModbusLink:
         assert sock is not None
         self._transaction = (self._transaction + 1) & 0xFFFF
         transaction = self._transaction
-        try:
-            sock.sendall(tcp_frame(transaction, unit, request))
-        except OSError as exc:
-            raise LinkDown(f"lost connection to {self.description}: {_os_reason(exc)}") from exc
         deadline = time.monotonic() + timeout
+        self._send(sock, tcp_frame(transaction, unit, request), deadline)
         while True:
             header = self._recv(sock, MBAP_LENGTH, deadline, unit)
             mbap = parse_mbap(header)
@@ -747,6 +752,25 @@ class ModbusLink:
             raise DeviceException(code)
         return pdu
 
+    def _send(self, sock: socket.socket, frame: bytes, deadline: float) -> None:
+        """All of ``frame`` before ``deadline`` (one send, unless the peer stopped reading)."""
+        view = memoryview(frame)
+        while view:
+            try:
+                view = view[sock.send(view) :]
+                continue
+            except BlockingIOError:
+                pass
+            except OSError as exc:
+                raise LinkDown(f"lost connection to {self.description}: {_os_reason(exc)}") from exc
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                # What a blocking send with the socket's timeout reported before.
+                raise LinkDown(f"lost connection to {self.description}: timed out")
+            writable = select.poll()
+            writable.register(sock, select.POLLOUT)
+            writable.poll(math.ceil(remaining * 1000))
+
     def _recv(self, sock: socket.socket, size: int, deadline: float, unit: int) -> bytes:
         """Exactly ``size`` bytes before ``deadline``; a timeout replaces the connection.
 
@@ -759,8 +783,12 @@ class ModbusLink:
             try:
                 if remaining <= 0:
                     raise TimeoutError
-                sock.settimeout(remaining)
+                # Milliseconds rounded up: rounding down would wake early and spin.
+                if not self._poll.poll(math.ceil(remaining * 1000)):
+                    continue
                 chunk = sock.recv(TCP_RECV_BYTES)
+            except BlockingIOError:
+                continue  # woken without data after all: wait again
             except TimeoutError as exc:
                 partial = bool(data)
                 self.close()
