@@ -14,7 +14,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 
 READ_FUNCTIONS: Final = frozenset({1, 2, 3, 4})
 BIT_FUNCTIONS: Final = frozenset({1, 2})
@@ -86,9 +86,11 @@ def tcp_request(transaction: int, unit: int, function: int, start: int, count: i
     return struct.pack(">HHHB", transaction & 0xFFFF, 0, len(pdu) + 1, unit) + pdu
 
 
-@dataclass(frozen=True)
-class Mbap:
-    """A Modbus TCP header: ``length`` counts the unit byte and the PDU."""
+class Mbap(NamedTuple):
+    """A Modbus TCP header: ``length`` counts the unit byte and the PDU.
+
+    A named tuple, not a frozen dataclass: one is built per answer on the poll path.
+    """
 
     transaction: int
     protocol: int
@@ -98,12 +100,10 @@ class Mbap:
 
 def parse_mbap(header: bytes) -> Mbap:
     """The fields of a 7-byte MBAP header."""
-    transaction, protocol, length, unit = struct.unpack(">HHHB", header)
-    return Mbap(transaction, protocol, length, unit)
+    return Mbap._make(struct.unpack(">HHHB", header))
 
 
-@dataclass(frozen=True)
-class Answer:
+class Answer(NamedTuple):
     """A checked answer: ``values`` (words or bits), or the exception ``code``."""
 
     values: list[int] | list[bool] | None = None

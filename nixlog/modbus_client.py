@@ -248,6 +248,7 @@ class ModbusLink:
         self.timeout = modbus.timeout_sec
         self.retries = modbus.retries
         self.faults = FaultLog(log)
+        self._tcp = modbus.is_tcp  # asked several times per transaction: worked out once
         self._gap = modbus.request_gap_ms / 1000.0
         self._last_io = 0.0
         self._serial: Any = None
@@ -272,12 +273,12 @@ class ModbusLink:
     @property
     def is_tcp(self) -> bool:
         """True for Modbus TCP, False for RTU on a serial line."""
-        return self.modbus.is_tcp
+        return self._tcp
 
     @property
     def connected(self) -> bool:
         """True while the socket or serial port is open."""
-        return (self._sock if self.is_tcp else self._serial) is not None
+        return (self._sock if self._tcp else self._serial) is not None
 
     @property
     def tcp_socket(self) -> socket.socket | None:
@@ -440,7 +441,7 @@ class ModbusLink:
                     self.connect()
                 self._wait_request_gap()
                 try:
-                    if self.is_tcp:
+                    if self._tcp:
                         return self._tcp_transaction(unit_id, request, call_timeout)
                     return self._rtu_transaction(unit_id, request, call_timeout, settle)
                 except (ReadTimeout, BadResponse) as exc:

@@ -233,7 +233,7 @@ def decode(register: RegisterConfig, words: Words) -> Value:
         if len(words) != 1:
             raise ValueError(f"{register.kind} needs 1 bit, got {len(words)}")
         return bool(words[0])
-    int_words = [int(word) for word in words]
+    int_words = list(map(int, words))
     if register.type == "bool":
         _check_words(int_words, 1, "bool")
         assert register.bit is not None
