@@ -410,9 +410,7 @@ def test_daemon_process_runs_lean_without_the_cli_libraries(
     assert b"nixlog.service" in cmdline  # the very child we started, now the lean image
     maps = Path(f"/proc/{pid}/maps").read_text(encoding="utf-8")
     assert "pydantic_core" not in maps  # the one CLI library with a shared object
-    line = next(
-        line for line in daemon.log.splitlines() if "top-level modules loaded:" in line
-    )
+    line = next(line for line in daemon.log.splitlines() if "top-level modules loaded:" in line)
     loaded = set(line.split("top-level modules loaded:")[1].split())
     assert {"nixlog", "sqlite3"} <= loaded
     assert loaded.isdisjoint(CLI_LIBRARIES), loaded & set(CLI_LIBRARIES)
