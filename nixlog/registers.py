@@ -50,6 +50,9 @@ _STRUCT_FORMATS: Final = {
     "float64": ">d",
 }
 _WORD_FORMATS: Final = {count: f">{count}H" for count in (1, 2, 4)}
+# Every float32 value of every poll goes through shortest_float32: its formats are built once.
+_FLOAT32: Final = struct.Struct(">f")
+_SHORTEST_SPECS: Final = tuple(f".{digits}g" for digits in range(6, 10))
 _INTEGER_TYPES: Final = frozenset({"int16", "uint16", "int32", "uint32", "int64", "uint64"})
 _FLOAT_TYPES: Final = frozenset({"float32", "float64"})
 
@@ -104,11 +107,11 @@ def shortest_float32(value: float) -> float:
     """
     if not math.isfinite(value):
         return value
-    packed = struct.pack(">f", value)
-    for digits in range(6, 10):
-        candidate = float(f"{value:.{digits}g}")
+    packed = _FLOAT32.pack(value)
+    for spec in _SHORTEST_SPECS:
+        candidate = float(format(value, spec))
         try:
-            if struct.pack(">f", candidate) == packed:
+            if _FLOAT32.pack(candidate) == packed:
                 return candidate
         except OverflowError:  # rounding up past the float32 maximum
             continue
