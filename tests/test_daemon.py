@@ -433,3 +433,29 @@ def test_lean_daemon_refuses_arguments_it_was_not_given_by_the_cli() -> None:
         "Error: usage: python -m nixlog.service --config PATH [--verbose] "
         "(started by `nixlog daemon`)"
     ]
+
+
+def test_lean_daemon_reports_a_config_gone_since_the_check_in_one_line(tmp_path: Path) -> None:
+    """A config failing in the lean process (changed since the CLI's check): 78, one line."""
+    missing = tmp_path / "gone.toml"
+    done = subprocess.run(
+        [sys.executable, "-m", "nixlog.service", "--config", str(missing)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 78
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("Error: ") and str(missing) in line
+    assert not (tmp_path / "nixlog.db").exists()
+
+
+def test_lean_daemon_command_keeps_the_interpreter_and_the_verbosity() -> None:
+    """The exec'd argv is this interpreter, the lean module, the absolute config and -v."""
+    from nixlog.service import command
+
+    argv = command(Path("/etc/nixlog/config.toml"), verbose=True)
+    assert argv[0] == sys.executable
+    assert argv[-5:] == ["-m", "nixlog.service", "--config", "/etc/nixlog/config.toml", "--verbose"]
+    assert "--verbose" not in command(Path("/c.toml"), verbose=False)
