@@ -33,28 +33,39 @@ from nixlog.registers import ReadRequest, plan_requests
 from nixlog.simulator import EXAMPLE_REGISTERS
 
 SLICE_SEC = 0.25
+CPU_RATIO_TARGET = 0.8
+"""Issue 17: bare CPU per cycle ÷ nixlog's, same requests over loopback TCP."""
 
 
-def _rates(cycles: Sequence[Callable[[], object]], seconds: float) -> list[tuple[float, int]]:
-    """Cycles per second of each loop, ``seconds`` each, run in interleaved slices.
+def _rates(
+    cycles: Sequence[Callable[[], object]], seconds: float
+) -> list[tuple[float, int, float]]:
+    """Cycles per second and CPU seconds per cycle of each loop, run in interleaved slices.
 
     Taking turns every quarter second lets each loop see the same share of a noisy shared
-    machine, which back-to-back runs of several seconds do not.
+    machine, which back-to-back runs of several seconds do not. CPU is this process's
+    (``time.process_time``): the simulator's work is in its own process and not counted.
     """
     for cycle in cycles:
         for _ in range(20):  # warm up connections and caches
             cycle()
     counts = [0] * len(cycles)
     spent = [0.0] * len(cycles)
+    cpu = [0.0] * len(cycles)
     for _ in range(max(1, round(seconds / SLICE_SEC))):
         for index, cycle in enumerate(cycles):
             started = time.perf_counter()
+            cpu_started = time.process_time()
             deadline = started + SLICE_SEC
             while time.perf_counter() < deadline:
                 cycle()
                 counts[index] += 1
             spent[index] += time.perf_counter() - started
-    return [(count / elapsed, count) for count, elapsed in zip(counts, spent, strict=True)]
+            cpu[index] += time.process_time() - cpu_started
+    return [
+        (count / elapsed, count, used / count)
+        for count, elapsed, used in zip(counts, spent, cpu, strict=True)
+    ]
 
 
 def _bare_cycle(client: ModbusTcpClient, plan: list[ReadRequest]) -> Callable[[], object]:
@@ -86,6 +97,15 @@ class PollRate:
     bare: float
     bare_one_per_register: float
     samples: tuple[int, int, int]
+    ours_cpu_sec: float
+    """CPU seconds per cycle of ``Poller.poll_once`` (the measuring process only)."""
+    bare_cpu_sec: float
+    """CPU seconds per cycle of the bare loop issuing the same planned requests."""
+
+    @property
+    def cpu_ratio(self) -> float:
+        """Bare CPU per cycle ÷ nixlog's: 1 means nixlog costs nothing over the bare loop."""
+        return self.bare_cpu_sec / self.ours_cpu_sec
 
 
 def one_request_per_register(registers: Sequence[RegisterConfig]) -> list[ReadRequest]:
@@ -108,7 +128,7 @@ def measure(seconds: float = 3.0) -> PollRate:
         bare = ModbusTcpClient(host, port=port, timeout=1.0, retries=0)
         bare.connect()  # type: ignore[no-untyped-call]
         try:
-            (ours, ours_n), (raw, raw_n), (raw_naive, raw_naive_n) = _rates(
+            (ours, ours_n, ours_cpu), (raw, raw_n, raw_cpu), (raw_naive, raw_naive_n, _) = _rates(
                 [poller.poll_once, _bare_cycle(bare, coalesced), _bare_cycle(bare, naive)],
                 seconds,
             )
@@ -123,6 +143,8 @@ def measure(seconds: float = 3.0) -> PollRate:
         bare=raw,
         bare_one_per_register=raw_naive,
         samples=(ours_n, raw_n, raw_naive_n),
+        ours_cpu_sec=ours_cpu,
+        bare_cpu_sec=raw_cpu,
     )
 
 
@@ -152,6 +174,11 @@ def main() -> None:
         f"n={raw_unc_n})"
     )
     print(f"ratio nixlog / bare (same plan)      : {ours / raw:.2f}")
+    print(
+        f"CPU per cycle                        : nixlog {got.ours_cpu_sec * 1e6:.0f} us, "
+        f"bare {got.bare_cpu_sec * 1e6:.0f} us; bare / nixlog {got.cpu_ratio:.2f} "
+        f"(target >= {CPU_RATIO_TARGET:g})"
+    )
     print(f"ratio nixlog / bare uncoalesced      : {ours / raw_unc:.2f}")
     print(
         f"nixlog overhead per cycle            : {1e6 / ours - 1e6 / raw:.0f} us "

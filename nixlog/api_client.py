@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Final
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, urlencode, urlsplit
 
 import httpx
 
@@ -183,7 +183,12 @@ class ApiClient:
                 "(only printable ASCII is allowed)"
             )
         verify: ssl.SSLContext | bool = True
-        if transport is None:
+        if transport is None and urlsplit(api.endpoint).scheme != "https" and not api.ca_file:
+            # Plain HTTP (redirects are not followed) never handshakes: a context with an
+            # empty trust store still verifies, refuses every certificate, and saves the
+            # ~1.7 MB that parsing the default trust store keeps resident for months.
+            verify = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        elif transport is None:
             verify = _ssl_context(str(api.ca_file) if api.ca_file else None)
         self._client = httpx.Client(
             transport=transport,

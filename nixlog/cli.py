@@ -9,6 +9,7 @@ handled in one place too, ``_NixlogGroup.main``.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import logging
@@ -854,8 +855,15 @@ def prune(
 @_command(app, "daemon")
 def daemon(config: ConfigOption = None) -> None:
     """Poll, store, ship and prune until SIGTERM or SIGINT (the systemd service)."""
-    cfg = _load(config)
-    from nixlog.daemon import run_daemon
+    path = resolve_config_path(config)
+    cfg = load_config(path)  # a bad config is one line and exit 78 here, before the exec
+    from nixlog.service import exec_daemon
+
+    # The service runs for months: it continues in a process that never imported the CLI's
+    # libraries (same PID, so systemd's notify socket and watchdog still see it).
+    with contextlib.suppress(OSError):
+        exec_daemon(path, _state.verbose)
+    from nixlog.daemon import run_daemon  # exec failed: run here, with the CLI loaded
 
     if not _state.verbose:
         # A service logs its start, stop and trouble; journald keeps it.

@@ -14,7 +14,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 
 READ_FUNCTIONS: Final = frozenset({1, 2, 3, 4})
 BIT_FUNCTIONS: Final = frozenset({1, 2})
@@ -86,9 +86,11 @@ def tcp_request(transaction: int, unit: int, function: int, start: int, count: i
     return struct.pack(">HHHB", transaction & 0xFFFF, 0, len(pdu) + 1, unit) + pdu
 
 
-@dataclass(frozen=True)
-class Mbap:
-    """A Modbus TCP header: ``length`` counts the unit byte and the PDU."""
+class Mbap(NamedTuple):
+    """A Modbus TCP header: ``length`` counts the unit byte and the PDU.
+
+    A named tuple, not a frozen dataclass: one is built per answer on the poll path.
+    """
 
     transaction: int
     protocol: int
@@ -98,12 +100,10 @@ class Mbap:
 
 def parse_mbap(header: bytes) -> Mbap:
     """The fields of a 7-byte MBAP header."""
-    transaction, protocol, length, unit = struct.unpack(">HHHB", header)
-    return Mbap(transaction, protocol, length, unit)
+    return Mbap._make(struct.unpack(">HHHB", header))
 
 
-@dataclass(frozen=True)
-class Answer:
+class Answer(NamedTuple):
     """A checked answer: ``values`` (words or bits), or the exception ``code``."""
 
     values: list[int] | list[bool] | None = None
@@ -118,20 +118,30 @@ class FrameError(ValueError):
         self.reason = reason
 
 
-def parse_pdu(pdu: bytes, function: int, count: int) -> Answer:
-    """Check an answer PDU (function, byte count, data) against the read it answers."""
+def _check_read_pdu(pdu: bytes, function: int, count: int) -> int | None:
+    """The exception code of a read's answer PDU, or None when it carries the data asked for;
+    ``FrameError`` otherwise. Checks without unpacking the values (the poll path checks every
+    answer once in the transaction and unpacks it once in ``parse_pdu``)."""
     if not pdu:
         raise FrameError("empty answer")
     if pdu[0] == function | EXCEPTION_BIT:
         if len(pdu) != 2:
             raise FrameError("bad exception frame")
-        return Answer(code=pdu[1])
+        return pdu[1]
     if pdu[0] != function:
         raise FrameError(f"answer with function {pdu[0]} (asked {function})")
     expected = byte_count(function, count)
     if len(pdu) < 2 or pdu[1] != expected or len(pdu) != 2 + expected:
         got = pdu[1] if len(pdu) > 1 else 0
         raise FrameError(f"answer with {got} data bytes (expected {expected})")
+    return None
+
+
+def parse_pdu(pdu: bytes, function: int, count: int) -> Answer:
+    """Check an answer PDU (function, byte count, data) against the read it answers."""
+    code = _check_read_pdu(pdu, function, count)
+    if code is not None:
+        return Answer(code=code)
     data = pdu[2:]
     if function in BIT_FUNCTIONS:
         bits = [bool(data[i // 8] >> (i % 8) & 1) for i in range(count)]
@@ -275,7 +285,7 @@ def check_answer(request: bytes, answer: bytes) -> int | None:
     function = request[0]
     if function in READ_FUNCTIONS:
         _, count = struct.unpack(">HH", request[1:5])
-        return parse_pdu(answer, function, count).code
+        return _check_read_pdu(answer, function, count)
     if not answer:
         raise FrameError("empty answer")
     if answer[0] == function | EXCEPTION_BIT:

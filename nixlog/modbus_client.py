@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import os
+import select
 import socket
 import struct
 import time
@@ -73,6 +75,8 @@ RTU_SETTLE_CAP_SEC: Final = 5.0
 RTU_QUIET_CHARS: Final = 4
 """Character times of silence that end any frame (RTU needs 3.5)."""
 RECENT_ANSWERS: Final = 8
+TCP_RECV_BYTES: Final = 4096
+"""One receive takes up to this much: a whole answer (at most 260 bytes) and anything behind it."""
 SUMMARY_INTERVAL_SEC: Final = 300.0
 
 # Failure categories of a request, used by the poller to decide what to back off.
@@ -247,12 +251,15 @@ class ModbusLink:
         self.timeout = modbus.timeout_sec
         self.retries = modbus.retries
         self.faults = FaultLog(log)
+        self._tcp = modbus.is_tcp  # asked several times per transaction: worked out once
         self._gap = modbus.request_gap_ms / 1000.0
         self._last_io = 0.0
         self._serial: Any = None
         self._sock: socket.socket | None = None
         self._transaction = 0
         self._tcp_last = b""  # the last answer frame taken on TCP (to recognise a copy)
+        self._rx = bytearray()  # TCP bytes received and not yet taken (one connection's)
+        self._poll = select.poll()  # readiness of the TCP socket (registered on connect)
         # RTU line state: one character is start + data + parity + stop bits.
         bits = 1 + modbus.bytesize + (0 if modbus.parity == "N" else 1) + modbus.stopbits
         self._char_sec = bits / modbus.baudrate
@@ -269,12 +276,12 @@ class ModbusLink:
     @property
     def is_tcp(self) -> bool:
         """True for Modbus TCP, False for RTU on a serial line."""
-        return self.modbus.is_tcp
+        return self._tcp
 
     @property
     def connected(self) -> bool:
         """True while the socket or serial port is open."""
-        return (self._sock if self.is_tcp else self._serial) is not None
+        return (self._sock if self._tcp else self._serial) is not None
 
     @property
     def tcp_socket(self) -> socket.socket | None:
@@ -299,6 +306,12 @@ class ModbusLink:
             raise LinkDown(f"cannot connect to {self.description}: {_os_reason(exc)}") from exc
         # Requests are tiny and strictly request/response: Nagle would only add latency.
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # Non-blocking, waited on with our own poll: a socket timeout would cost a mode switch
+        # per call and a poll before every send as well as every receive.
+        sock.setblocking(False)
+        self._poll = select.poll()
+        self._poll.register(sock, select.POLLIN)
+        self._rx.clear()
         self._sock = sock
 
     def _connect_serial(self) -> None:
@@ -339,6 +352,7 @@ class ModbusLink:
     def close(self) -> None:
         """Close the port; safe to call twice, never raises (the port may be gone)."""
         sock, self._sock = self._sock, None
+        self._rx.clear()  # what the old connection sent never counts on the next one
         port, self._serial = self._serial, None
         if sock is not None:
             with suppress(OSError):
@@ -436,7 +450,7 @@ class ModbusLink:
                     self.connect()
                 self._wait_request_gap()
                 try:
-                    if self.is_tcp:
+                    if self._tcp:
                         return self._tcp_transaction(unit_id, request, call_timeout)
                     return self._rtu_transaction(unit_id, request, call_timeout, settle)
                 except (ReadTimeout, BadResponse) as exc:
@@ -719,11 +733,8 @@ class ModbusLink:
         assert sock is not None
         self._transaction = (self._transaction + 1) & 0xFFFF
         transaction = self._transaction
-        try:
-            sock.sendall(tcp_frame(transaction, unit, request))
-        except OSError as exc:
-            raise LinkDown(f"lost connection to {self.description}: {_os_reason(exc)}") from exc
         deadline = time.monotonic() + timeout
+        self._send(sock, tcp_frame(transaction, unit, request), deadline)
         while True:
             header = self._recv(sock, MBAP_LENGTH, deadline, unit)
             mbap = parse_mbap(header)
@@ -751,19 +762,47 @@ class ModbusLink:
             raise DeviceException(code)
         return pdu
 
+    def _send(self, sock: socket.socket, frame: bytes, deadline: float) -> None:
+        """All of ``frame`` before ``deadline`` (one send, unless the peer stopped reading)."""
+        view = memoryview(frame)
+        while view:
+            try:
+                view = view[sock.send(view) :]
+                continue
+            except BlockingIOError:
+                pass
+            except OSError as exc:
+                raise LinkDown(f"lost connection to {self.description}: {_os_reason(exc)}") from exc
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                # What a blocking send with the socket's timeout reported before.
+                raise LinkDown(f"lost connection to {self.description}: timed out")
+            writable = select.poll()
+            writable.register(sock, select.POLLOUT)
+            writable.poll(math.ceil(remaining * 1000))
+
     def _recv(self, sock: socket.socket, size: int, deadline: float, unit: int) -> bytes:
-        """Exactly ``size`` bytes before ``deadline``; a timeout replaces the connection."""
-        data = bytearray()
+        """Exactly ``size`` bytes before ``deadline``; a timeout replaces the connection.
+
+        Reads whatever has arrived (up to a whole frame's worth) and keeps the rest for the
+        next call, so a whole answer usually costs one receive, not one per MBAP part.
+        """
+        data = self._rx
         while len(data) < size:
             remaining = deadline - time.monotonic()
             try:
                 if remaining <= 0:
                     raise TimeoutError
-                sock.settimeout(remaining)
-                chunk = sock.recv(size - len(data))
+                # Milliseconds rounded up: rounding down would wake early and spin.
+                if not self._poll.poll(math.ceil(remaining * 1000)):
+                    continue
+                chunk = sock.recv(TCP_RECV_BYTES)
+            except BlockingIOError:
+                continue  # woken without data after all: wait again
             except TimeoutError as exc:
+                partial = bool(data)
                 self.close()
-                if data:
+                if partial:
                     raise BadResponse("incomplete answer") from exc
                 raise ReadTimeout(
                     f"no answer from unit {unit} on {self.description}", "timeout"
@@ -773,7 +812,9 @@ class ModbusLink:
             if not chunk:
                 raise LinkDown(f"lost connection to {self.description}: closed by the peer")
             data += chunk
-        return bytes(data)
+        taken = bytes(data[:size])
+        del data[:size]
+        return taken
 
 
 def create_client(modbus: ModbusConfig) -> ModbusLink:

@@ -49,6 +49,10 @@ _STRUCT_FORMATS: Final = {
     "float32": ">f",
     "float64": ">d",
 }
+_WORD_FORMATS: Final = {count: f">{count}H" for count in (1, 2, 4)}
+# Every float32 value of every poll goes through shortest_float32: its formats are built once.
+_FLOAT32: Final = struct.Struct(">f")
+_SHORTEST_SPECS: Final = tuple(f".{digits}g" for digits in range(6, 10))
 _INTEGER_TYPES: Final = frozenset({"int16", "uint16", "int32", "uint32", "int64", "uint64"})
 _FLOAT_TYPES: Final = frozenset({"float32", "float64"})
 
@@ -103,11 +107,11 @@ def shortest_float32(value: float) -> float:
     """
     if not math.isfinite(value):
         return value
-    packed = struct.pack(">f", value)
-    for digits in range(6, 10):
-        candidate = float(f"{value:.{digits}g}")
+    packed = _FLOAT32.pack(value)
+    for spec in _SHORTEST_SPECS:
+        candidate = float(format(value, spec))
         try:
-            if struct.pack(">f", candidate) == packed:
+            if _FLOAT32.pack(candidate) == packed:
                 return candidate
         except OverflowError:  # rounding up past the float32 maximum
             continue
@@ -134,10 +138,19 @@ def decode_words(value_type: str, byte_order: str, words: Sequence[int]) -> int 
     fmt = _STRUCT_FORMATS.get(value_type)
     if fmt is None:
         raise ValueError(f"type {value_type!r} has no word encoding")
-    _check_words(words, REGISTERS_PER_TYPE[value_type], value_type)
+    expected = REGISTERS_PER_TYPE[value_type]
+    if len(words) != expected:
+        raise ValueError(f"{value_type} needs {expected} registers, got {len(words)}")
     if value_type in ("int16", "uint16") and byte_order not in ("ABCD", "BADC"):
         raise ValueError(f"{value_type} byte order must be ABCD or BADC, got {byte_order!r}")
-    raw: int | float = struct.unpack(fmt, _words_to_bytes(_to_abcd(byte_order, words)))[0]
+    # One pack does the range check of every word too: this runs for each value of each poll.
+    ordered = words if byte_order == "ABCD" else _to_abcd(byte_order, words)
+    try:
+        data = struct.pack(_WORD_FORMATS[expected], *ordered)
+    except struct.error:
+        _check_words(words, expected, value_type)  # names the offending word
+        raise ValueError(f"register words out of range: {list(words)}") from None
+    raw: int | float = struct.unpack(fmt, data)[0]
     if value_type == "float32":
         raw = shortest_float32(raw)
     return raw
@@ -223,7 +236,7 @@ def decode(register: RegisterConfig, words: Words) -> Value:
         if len(words) != 1:
             raise ValueError(f"{register.kind} needs 1 bit, got {len(words)}")
         return bool(words[0])
-    int_words = [int(word) for word in words]
+    int_words = list(map(int, words))
     if register.type == "bool":
         _check_words(int_words, 1, "bool")
         assert register.bit is not None

@@ -63,13 +63,15 @@ def daemon_config(
 class DaemonProcess:
     """``python -m nixlog daemon -c CONFIG`` as a child process, its stderr kept in a file."""
 
-    def __init__(self, config: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, config: Path, env: dict[str, str] | None = None, args: list[str] | None = None
+    ) -> None:
         self.config = config
         self.log_path = config.parent / f"daemon-{time.monotonic_ns()}.log"
         self._log = self.log_path.open("wb")
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "nixlog", "daemon", "-c", str(config)],
+            [sys.executable, "-m", "nixlog", "daemon", "-c", str(config), *(args or [])],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=full_env,

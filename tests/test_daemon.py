@@ -391,3 +391,71 @@ def test_a_lost_count_the_disk_refused_is_carried_by_the_lock_file(tmp_path: Pat
     finally:
         database.close(conn)
         again.release()
+
+
+CLI_LIBRARIES = ("typer", "click", "rich", "pydantic", "pydantic_core")
+
+
+def test_daemon_process_runs_lean_without_the_cli_libraries(
+    tmp_path: Path, tcp_simulator: SimulatorServer, processes: list[DaemonProcess]
+) -> None:
+    """After the config check the daemon execs itself (same PID) without the CLI's libraries."""
+    config = daemon_config(tmp_path, tcp_simulator.address, None)
+    daemon = DaemonProcess(config, args=["-v"])
+    processes.append(daemon)
+    db_path = tmp_path / "nixlog.db"
+    wait_until(lambda: row_count(db_path) >= 10, 20, "the first batch", daemon)
+    pid = daemon.process.pid
+    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    assert b"nixlog.service" in cmdline  # the very child we started, now the lean image
+    maps = Path(f"/proc/{pid}/maps").read_text(encoding="utf-8")
+    assert "pydantic_core" not in maps  # the one CLI library with a shared object
+    line = next(line for line in daemon.log.splitlines() if "top-level modules loaded:" in line)
+    loaded = set(line.split("top-level modules loaded:")[1].split())
+    assert {"nixlog", "sqlite3"} <= loaded
+    assert loaded.isdisjoint(CLI_LIBRARIES), loaded & set(CLI_LIBRARIES)
+    code, _ = daemon.terminate()
+    assert code == 0
+    assert "stopped: polled" in daemon.log
+
+
+def test_lean_daemon_refuses_arguments_it_was_not_given_by_the_cli() -> None:
+    """`python -m nixlog.service` without `--config PATH` is one usage line and exit 2."""
+    done = subprocess.run(
+        [sys.executable, "-m", "nixlog.service", "--bogus"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "Error: usage: python -m nixlog.service --config PATH [--verbose] "
+        "(started by `nixlog daemon`)"
+    ]
+
+
+def test_lean_daemon_reports_a_config_gone_since_the_check_in_one_line(tmp_path: Path) -> None:
+    """A config failing in the lean process (changed since the CLI's check): 78, one line."""
+    missing = tmp_path / "gone.toml"
+    done = subprocess.run(
+        [sys.executable, "-m", "nixlog.service", "--config", str(missing)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 78
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("Error: ") and str(missing) in line
+    assert not (tmp_path / "nixlog.db").exists()
+
+
+def test_lean_daemon_command_keeps_the_interpreter_and_the_verbosity() -> None:
+    """The exec'd argv is this interpreter, the lean module, the absolute config and -v."""
+    from nixlog.service import command
+
+    argv = command(Path("/etc/nixlog/config.toml"), verbose=True)
+    assert argv[0] == sys.executable
+    assert argv[-5:] == ["-m", "nixlog.service", "--config", "/etc/nixlog/config.toml", "--verbose"]
+    assert "--verbose" not in command(Path("/c.toml"), verbose=False)
