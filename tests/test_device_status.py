@@ -9,8 +9,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 from nixlog import database
+from nixlog.cli import app
 from nixlog.config import load_config
 from nixlog.daemon import Daemon
 from nixlog.errors import ConfigError
@@ -22,6 +24,9 @@ from nixlog.simulator import SimulatorServer, build_simulator_context, bus_regis
 from nixlog.status import OFFLINE, ONLINE, REASON_KEY, STATUS_KEY, StatusWatch
 from tests.daemon_helpers import wait_until
 from tests.fixtures_http import TEST_API_KEY
+from tests.fixtures_modbus import write_config
+
+runner = CliRunner()
 
 TS = "2026-11-30T00:00:00.000000+00:00"
 
@@ -213,3 +218,36 @@ def test_silent_device_yields_one_offline_and_one_online_stored_shipped_exported
     assert len(offline_rows) == 1 and ",meter," in offline_rows[0]
     assert ",timeout," in offline_rows[0]
     assert json.dumps(shipped)  # plain JSON all the way
+
+
+# ------------------------------------------------------------------ nixlog poll
+
+
+def test_poll_save_stores_and_shows_the_offline_status(
+    tcp_simulator: SimulatorServer, tmp_path: Path
+) -> None:
+    """`poll --save` on a silent unit: one offline reading shown (JSON and table) and stored."""
+    config = write_config(tmp_path, tcp_simulator.address, unit_id=7)
+    result = runner.invoke(app, ["poll", "-c", str(config), "--json", "--count", "4", "--save"])
+    assert result.exit_code == 69, result.stderr
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    status = [r for r in records if STATUS_KEY in r["values"]]
+    assert status == [
+        {
+            "timestamp": status[0]["timestamp"],
+            "values": {STATUS_KEY: OFFLINE, REASON_KEY: "timeout"},
+        }
+    ]
+    assert "Saved 1 reading to" in result.stderr
+    conn = database.open_db(tmp_path / "nixlog.db", create=False)
+    try:
+        rows = database.get_unsent_readings(conn, 10)
+    finally:
+        database.close(conn)
+    assert [(r.values, r.device) for r in rows] == [
+        ({STATUS_KEY: OFFLINE, REASON_KEY: "timeout"}, None)
+    ]
+    table = runner.invoke(app, ["poll", "-c", str(config), "--count", "3"])
+    assert table.exit_code == 69
+    assert table.stdout.count("device offline: timeout") == 1
+    assert "Traceback" not in table.stdout + table.stderr
