@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +21,7 @@ from nixlog.export import export_csv, register_names
 from nixlog.model import Reading, StoredReading
 from nixlog.outputs import formats
 from nixlog.receiver import Receiver
+from nixlog.scheduler import build_bus_scheduler
 from nixlog.simulator import SimulatorServer, build_simulator_context, bus_registers
 from nixlog.status import OFFLINE, ONLINE, REASON_KEY, STATUS_KEY, StatusWatch
 from tests.daemon_helpers import wait_until
@@ -251,3 +253,46 @@ def test_poll_save_stores_and_shows_the_offline_status(
     assert table.exit_code == 69
     assert table.stdout.count("device offline: timeout") == 1
     assert "Traceback" not in table.stdout + table.stderr
+
+
+def test_lost_link_yields_one_offline_and_one_online_per_device(
+    tmp_path: Path, start_simulator: Callable[..., SimulatorServer]
+) -> None:
+    """The TCP device stopped, then restarted on its port: each device one offline, one online."""
+    config_path = tmp_path / "plant.toml"
+    text = PLANT_TOML.split("[[bus]]")[1].replace(", deadband = 1000", "")
+    draft_text = '[database]\npath = "{db}"\n[[bus]]' + text
+    config_path.write_text(draft_text.format(db=tmp_path / "p.db", port="tcp://127.0.0.1:1"))
+    draft = load_config(config_path, env={})
+    context = build_simulator_context(bus_registers(draft.buses[0]))
+    server = start_simulator(context)
+    address = server.address
+    config_path.write_text(draft_text.format(db=tmp_path / "p.db", port=address))
+    config = load_config(config_path, env={})
+    bus_scheduler = build_bus_scheduler(config, config.buses[0])
+    stored: list[Reading] = []
+    stop = threading.Event()
+    thread = threading.Thread(target=bus_scheduler.run, args=(stored.append, stop), daemon=True)
+    thread.start()
+
+    def changes() -> list[tuple[str | None, object]]:
+        return [(r.device, r.values[STATUS_KEY]) for r in list(stored) if STATUS_KEY in r.values]
+
+    try:
+        wait_until(lambda: len(stored) >= 4, 10, "the first readings")
+        server.stop()
+        wait_until(lambda: len(changes()) >= 2, 15, "two offline readings")
+        time.sleep(1.0)
+        start_simulator(context, port=address)
+        wait_until(lambda: len(changes()) >= 4, 30, "two online readings")
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        thread.join(10)
+        bus_scheduler.poller.close()
+    seen = changes()
+    assert len(seen) == 4
+    assert sorted(seen[:2]) == [("good", OFFLINE), ("meter", OFFLINE)]
+    assert sorted(seen[2:]) == [("good", ONLINE), ("meter", ONLINE)]
+    offline = [r for r in stored if r.values.get(STATUS_KEY) == OFFLINE]
+    assert [r.values[REASON_KEY] for r in offline] == ["disconnected", "disconnected"]
