@@ -296,3 +296,21 @@ def test_lost_link_yields_one_offline_and_one_online_per_device(
     assert sorted(seen[2:]) == [("good", ONLINE), ("meter", ONLINE)]
     offline = [r for r in stored if r.values.get(STATUS_KEY) == OFFLINE]
     assert [r.values[REASON_KEY] for r in offline] == ["disconnected", "disconnected"]
+
+
+def test_watch_counts_answers_as_there_and_a_wrong_unit_as_silence() -> None:
+    """Exceptions or a backed-off block are an answer (never offline); another unit id is not."""
+    watch = StatusWatch()
+    refused = {"v": "exception 2 (illegal data address)", "w": "skipped: block not responding"}
+    assert all(watch.observe(cycle({}, refused)) is None for _ in range(5))
+    assert (
+        watch.observe(cycle({}, {"v": "exception 11 (gateway target failed to respond)"})) is None
+    )
+    gone = watch.observe(cycle({}, {"v": "answer from unit 255 (asked 1)"}))
+    assert gone is not None
+    assert gone.values == {
+        STATUS_KEY: OFFLINE,
+        REASON_KEY: "exception 11 (gateway target failed to respond)",
+    }
+    back = watch.observe(cycle({}, refused))
+    assert back is not None and back.values == {STATUS_KEY: ONLINE}
