@@ -452,6 +452,18 @@ def _poll_table(poller: Any, reading: Any) -> Group:
     return Group(header, table)
 
 
+def _status_line(reading: Any) -> str:
+    """``meter1 offline: timeout`` for a device status reading (``nixlog.status``)."""
+    from nixlog.status import OFFLINE, REASON_KEY, STATUS_KEY
+
+    state = str(reading.values.get(STATUS_KEY))
+    who = escape(reading.device or "device")
+    reason = reading.values.get(REASON_KEY)
+    colour = "red" if state == OFFLINE else "green"
+    tail = f": {escape(str(reason))}" if reason is not None else ""
+    return f"[{colour}]{who} {escape(state)}[/{colour}]{tail}"
+
+
 def _poll_exit(outcome: Any, poller: Any, cfg: Config) -> None:
     """Exit 69 when nothing ever answered, 1 when some registers failed, else return."""
     from nixlog.errors import EXIT_PARTIAL, DeviceError
@@ -564,12 +576,22 @@ def poll(
                 else:
                     stdout.print(_poll_table(poller, reading))
 
+            def on_status(reading: Any) -> None:
+                if json_output:
+                    record = {"timestamp": reading.timestamp, "values": reading.values}
+                    if reading.device is not None:
+                        record["device"] = reading.device
+                    typer.echo(json.dumps(record, ensure_ascii=False))
+                else:  # above the live table, or between the tables off a terminal
+                    stdout.print(_status_line(reading))
+
             core.run_poll_loop(
                 poller,
                 on_reading,
                 threading.Event(),
                 poller.rate_hz or cfg.modbus.poll_rate_hz,
                 on_cycle=on_cycle,
+                on_status=on_status,
                 max_cycles=max_cycles,
             )
     finally:

@@ -41,6 +41,7 @@ from nixlog.registers import (
     plan_requests,
     split_at_gaps,
 )
+from nixlog.status import StatusWatch
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -472,6 +473,7 @@ def run_poll_loop(
     *,
     wait: Callable[[float], object] | None = None,
     on_cycle: Callable[[Reading], None] | None = None,
+    on_status: Callable[[Reading], None] | None = None,
     max_cycles: int | None = None,
 ) -> None:
     """Poll at ``rate_hz`` on monotonic deadlines until ``stop`` is set (or ``max_cycles``).
@@ -480,15 +482,22 @@ def run_poll_loop(
     skip (and count in ``poller.stats.skipped_slots``) every slot whose deadline is more than
     half a period gone, so it never bursts to catch up. Sleeps with ``stop.wait`` (``wait``
     for tests), so it stops within one period. ``on_reading`` gets each reading that has
-    values; ``on_cycle`` gets every cycle's reading, even one where all registers failed.
+    values, and a device status change (``nixlog.status``) before it; ``on_cycle`` gets every
+    cycle's reading, even one where all registers failed; ``on_status`` the status changes.
     """
     period = 1.0 / rate_hz
     sleep = wait if wait is not None else stop.wait
     deadline = clock()
     cycles = 0
+    watch = StatusWatch()
     while not stop.is_set():
         reading = poller.poll_once()
         cycles += 1
+        change = watch.observe(poller.last_cycle) if poller.last_cycle is not None else None
+        if change is not None:
+            on_reading(change)
+            if on_status is not None:
+                on_status(change)
         if reading is not None:
             on_reading(reading)
         if on_cycle is not None and poller.last_cycle is not None:

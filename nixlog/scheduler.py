@@ -31,6 +31,7 @@ from nixlog.errors import ConfigError
 from nixlog.modbus_client import ReadLink, create_client
 from nixlog.model import Reading, Value
 from nixlog.registers import ReadRequest, plan_requests
+from nixlog.status import StatusWatch
 
 IDLE_TICK_SEC = 1.0
 """A scheduler with nothing due wakes at least this often (heartbeat for the watchdog)."""
@@ -205,6 +206,8 @@ class BusScheduler:
         self.groups = list(groups)
         self.clock = clock
         self.passes = 0
+        self.status = StatusWatch()
+        """Per-device online/offline state; its transitions are stored as readings."""
         self._started = False
 
     def start(self, now: float | None = None) -> None:
@@ -253,8 +256,9 @@ class BusScheduler:
     ) -> None:
         """Poll the groups on their schedules until ``stop`` is set (or ``max_passes``).
 
-        ``on_reading`` gets what is to be stored, ``on_cycle`` every pass's reading (even one
-        where all registers failed), ``on_idle`` is called at least every ``IDLE_TICK_SEC``
+        ``on_reading`` gets what is to be stored (a device's status change included:
+        ``nixlog.status``), ``on_cycle`` every pass's reading (even one where all registers
+        failed), ``on_idle`` is called at least every ``IDLE_TICK_SEC``
         while nothing is due. Sleeps with ``stop.wait`` (``wait`` for tests).
         """
         sleep = wait if wait is not None else stop.wait
@@ -271,6 +275,10 @@ class BusScheduler:
                 continue
             cycle, stored = self.run_pass(group)
             passes += 1
+            # A status change is stored past report by exception: it is never suppressed.
+            change = self.status.observe(cycle) if cycle is not None else None
+            if change is not None:
+                on_reading(change)
             if stored is not None:
                 on_reading(stored)
             if on_cycle is not None and cycle is not None:
