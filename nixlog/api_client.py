@@ -80,6 +80,10 @@ MAX_BODY_BYTES: Final = 64 * 1024
 """At most this much of a response body is read (the status and a detail line are all we use)."""
 _CANCEL_POLL_SEC: Final = 0.05
 """How often a caller waiting for a post looks at its cancel event (shutdown latency)."""
+CANCEL_GRACE_SEC: Final = 1.0
+"""How long a post in flight may still finish after a stop was asked for. Most answers come
+in milliseconds: abandoning them at once would make the receiver see the batch again after
+the restart. Well inside the daemon's 3 s join and its 5 s stop deadline."""
 _DIGITS: Final = re.compile(r"[0-9]+")
 
 
@@ -278,8 +282,9 @@ class ApiClient:
         """POST ``rows`` as one batch and classify the outcome; never raises for I/O.
 
         The whole request is bounded by ``api.timeout_sec``; a set ``cancel`` event (shutdown)
-        abandons it sooner. An abandoned post may or may not have reached the server: its rows
-        stay unsent and are offered again later with the same ids (at-least-once).
+        abandons it sooner, after ``CANCEL_GRACE_SEC`` in which it may still finish. An
+        abandoned post may or may not have reached the server: its rows stay unsent and are
+        offered again later with the same ids (at-least-once).
         """
         cancel = cancel if cancel is not None else self.cancel
         payload = self.payload(rows)
@@ -298,8 +303,10 @@ class ApiClient:
             target=self._run, args=(post, body, headers, deadline), name="nixlog-post", daemon=True
         )
         worker.start()
+        cancelled_at: float | None = None
         while not post.done.is_set():
-            remaining = deadline - time.monotonic()
+            now = time.monotonic()
+            remaining = deadline - now
             if remaining <= 0:
                 post.abandoned.set()
                 return PublishResult(
@@ -308,8 +315,10 @@ class ApiClient:
                     "(timeout)",
                 )
             if cancel is not None and cancel.is_set():
-                post.abandoned.set()
-                return PublishResult("temporary", detail="post abandoned: shutting down")
+                cancelled_at = now if cancelled_at is None else cancelled_at
+                if now - cancelled_at >= CANCEL_GRACE_SEC:
+                    post.abandoned.set()
+                    return PublishResult("temporary", detail="post abandoned: shutting down")
             post.done.wait(min(remaining, _CANCEL_POLL_SEC) if cancel is not None else remaining)
         assert post.result is not None
         return post.result

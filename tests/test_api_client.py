@@ -349,3 +349,62 @@ def test_tls_verification_is_on_and_ca_file_makes_a_private_ca_trusted(
         with ApiClient(make_api_config(rx.url, ca_file=cert), DEVICE, EPOCH) as client:
             assert client.publish_data(rows(1, 2)).ok
         assert rx.stats.unique == 2
+
+
+def _slow_ok(delay_sec: float) -> Callable[..., None]:
+    """A hostile-server answer: 200 after ``delay_sec``."""
+
+    def answer(conn: object, server: object) -> None:
+        import socket
+        import time
+
+        assert isinstance(conn, socket.socket)
+        time.sleep(delay_sec)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+
+    return answer
+
+
+def test_a_stop_lets_a_post_in_flight_finish_within_the_grace(
+    make_api_config: Callable[..., ApiConfig],
+) -> None:
+    """A stop asked for while a quick post is in flight does not abandon it (no re-send later)."""
+    import threading
+    import time
+
+    from nixlog.api_client import CANCEL_GRACE_SEC
+    from tests.faults.hostile import HostileServer
+
+    stop = threading.Event()
+    with (
+        HostileServer(_slow_ok(0.3)) as server,
+        ApiClient(make_api_config(server.url), DEVICE, EPOCH, cancel=stop) as client,
+    ):
+        threading.Timer(0.05, stop.set).start()
+        started = time.monotonic()
+        result = client.publish_data(rows(1, 3))
+    assert result.kind == "delivered", result.detail
+    assert time.monotonic() - started < CANCEL_GRACE_SEC
+
+
+def test_a_stop_abandons_a_hanging_post_after_the_grace(
+    make_api_config: Callable[..., ApiConfig],
+) -> None:
+    """A post the server never answers is abandoned once the grace after a stop has passed."""
+    import threading
+    import time
+
+    from nixlog.api_client import CANCEL_GRACE_SEC
+    from tests.faults.hostile import HostileServer, hang
+
+    stop = threading.Event()
+    with HostileServer(hang()) as server:
+        api = make_api_config(server.url, timeout_sec=30)
+        client = ApiClient(api, DEVICE, EPOCH, cancel=stop)
+        threading.Timer(0.1, stop.set).start()
+        started = time.monotonic()
+        result = client.publish_data(rows(1, 3))
+        waited = time.monotonic() - started
+        client.close()
+    assert result.kind == "temporary" and "shutting down" in result.detail
+    assert CANCEL_GRACE_SEC <= waited < CANCEL_GRACE_SEC + 1.0
