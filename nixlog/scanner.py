@@ -183,36 +183,14 @@ def bus_settings(
         if base is not None
         else ModbusConfig(port=port or "", registers=(), timeout_sec=DEFAULT_SCAN_TIMEOUT_SEC)
     )
-    changes: dict[str, Any] = {
-        "registers": (),
-        "retries": 0,
-        "timeout_sec": DEFAULT_SCAN_TIMEOUT_SEC,
-    }
-    if port is not None:
-        from nixlog.config import check_port
+    from nixlog.adhoc import link_settings
 
-        try:
-            check_port(port)
-        except ValueError as exc:
-            raise UsageError(f"--port: {exc}") from None
-        changes["port"] = port
-    if baudrate is not None:
-        if not 50 <= baudrate <= 4_000_000:
-            raise UsageError(f"--baudrate: must be between 50 and 4000000, got {baudrate}")
-        changes["baudrate"] = baudrate
-    if parity is not None:
-        if parity.upper() not in ("N", "E", "O"):
-            raise UsageError(f'--parity: expected N, E or O, got "{parity}"')
-        changes["parity"] = parity.upper()
-    if stopbits is not None:
-        if stopbits not in (1, 2):
-            raise UsageError(f"--stopbits: expected 1 or 2, got {stopbits}")
-        changes["stopbits"] = stopbits
-    if timeout is not None:
-        if not (math.isfinite(timeout) and 0 < timeout <= 60):
-            raise UsageError(f"--timeout: must be > 0 and <= 60 seconds, got {timeout:g}")
-        changes["timeout_sec"] = timeout
-    return replace(settings, **changes)
+    # The same option checks as `nixlog read`; the scan's own retries and timeout on top.
+    checked = link_settings(
+        settings, port=port, baudrate=baudrate, parity=parity, stopbits=stopbits, timeout=timeout
+    )
+    scan_timeout = DEFAULT_SCAN_TIMEOUT_SEC if timeout is None else checked.timeout_sec
+    return replace(checked, retries=0, timeout_sec=scan_timeout)
 
 
 # ============================================================================ pure: blocks
