@@ -1348,19 +1348,7 @@ def _resolve_mqtt_password(table: _Table, env: Mapping[str, str]) -> Secret | No
         return Secret(inline)
     password_file = table.path("password_file", None)
     if password_file is not None:
-        path = password_file if password_file.is_absolute() else table.file.parent / password_file
-        shown = shorten(path)
-        try:
-            text = read_small_file(path, MAX_KEY_FILE_BYTES).decode("utf-8").strip()
-        except OSError as exc:
-            raise table.error("password_file", f"cannot read {shown}: {exc.strerror}") from None
-        except UnicodeDecodeError:
-            raise table.error("password_file", f"{shown} is not UTF-8 text") from None
-        except ValueError as exc:
-            raise table.error("password_file", f"cannot read {shown}: {exc}") from None
-        if not text:
-            raise table.error("password_file", f"{shown} is empty")
-        return Secret(text)
+        return Secret(_read_secret_file(table, "password_file", password_file)[0])
     from_env = env.get(ENV_MQTT_PASSWORD, "").strip()
     return Secret(from_env) if from_env else None
 
@@ -1391,6 +1379,27 @@ def _check_key_text(table: _Table, name: str, key: str, source: str) -> None:
         )
 
 
+def _read_secret_file(table: _Table, key: str, file: Path) -> tuple[str, str]:
+    """The stripped text of a key or password file (relative to the config) and its shown name.
+
+    A small regular UTF-8 file only (``read_small_file``); every failure is a config error
+    naming ``key``, and the secret itself never appears in a message.
+    """
+    path = file if file.is_absolute() else table.file.parent / file
+    shown = shorten(path)
+    try:
+        text = read_small_file(path, MAX_KEY_FILE_BYTES).decode("utf-8").strip()
+    except OSError as exc:
+        raise table.error(key, f"cannot read {shown}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise table.error(key, f"{shown} is not UTF-8 text") from None
+    except ValueError as exc:
+        raise table.error(key, f"cannot read {shown}: {exc}") from None
+    if not text:
+        raise table.error(key, f"{shown} is empty")
+    return text, shown
+
+
 def _resolve_api_key(table: _Table, env: Mapping[str, str], *, optional: bool = False) -> Secret:
     """The key comes from ``api_key``, else ``api_key_file``, else ``$NIXLOG_API_KEY``.
 
@@ -1406,18 +1415,7 @@ def _resolve_api_key(table: _Table, env: Mapping[str, str], *, optional: bool = 
         _check_key_text(table, "api_key", inline.strip(), "api.api_key")
         return Secret(inline.strip())
     if key_file is not None:
-        key_path = key_file if key_file.is_absolute() else table.file.parent / key_file
-        shown = shorten(key_path)
-        try:
-            text = read_small_file(key_path, MAX_KEY_FILE_BYTES).decode("utf-8").strip()
-        except OSError as exc:
-            raise table.error("api_key_file", f"cannot read {shown}: {exc.strerror}") from None
-        except UnicodeDecodeError:
-            raise table.error("api_key_file", f"{shown} is not UTF-8 text") from None
-        except ValueError as exc:
-            raise table.error("api_key_file", f"cannot read {shown}: {exc}") from None
-        if not text:
-            raise table.error("api_key_file", f"{shown} is empty")
+        text, shown = _read_secret_file(table, "api_key_file", key_file)
         _check_key_text(table, "api_key_file", text, shown)
         return Secret(text)
     from_env = env.get(ENV_API_KEY, "").strip()
