@@ -177,6 +177,14 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable
 VerboseOption = Annotated[
     bool, typer.Option("--verbose", "-v", help="Show debug logs and error details.")
 ]
+# The line options of the commands that talk to a device without a config (scan, read, write).
+PortOption = Annotated[
+    str | None,
+    typer.Option("--port", help="Serial path (/dev/ttyUSB0) or tcp://host:port."),
+]
+BaudrateOption = Annotated[int | None, typer.Option("--baudrate", help="Serial speed.")]
+ParityOption = Annotated[str | None, typer.Option("--parity", help="N, E or O.")]
+StopbitsOption = Annotated[int | None, typer.Option("--stopbits", help="1 or 2.")]
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -1084,13 +1092,10 @@ def _scan_progress_bar(progress: Any) -> Any:
 @_command(app, "scan-registers")
 def scan_registers(
     config: ConfigOption = None,
-    port: Annotated[
-        str | None,
-        typer.Option("--port", help="Serial path (/dev/ttyUSB0) or tcp://host:port."),
-    ] = None,
-    baudrate: Annotated[int | None, typer.Option("--baudrate", help="Serial speed.")] = None,
-    parity: Annotated[str | None, typer.Option("--parity", help="N, E or O.")] = None,
-    stopbits: Annotated[int | None, typer.Option("--stopbits", help="1 or 2.")] = None,
+    port: PortOption = None,
+    baudrate: BaudrateOption = None,
+    parity: ParityOption = None,
+    stopbits: StopbitsOption = None,
     units: Annotated[
         str, typer.Option("--units", help="Unit ids to probe: 1-247, or a list like 1-5,10.")
     ] = "1-247",
@@ -1237,10 +1242,7 @@ def _read_block(result: Any) -> Group:
 @_command(app, "read")
 def read(
     config: ConfigOption = None,
-    port: Annotated[
-        str | None,
-        typer.Option("--port", help="Serial path (/dev/ttyUSB0) or tcp://host:port."),
-    ] = None,
+    port: PortOption = None,
     unit: Annotated[int, typer.Option("--unit", "-a", help="Unit id (slave address).")] = 1,
     kind: Annotated[
         str, typer.Option("--kind", help="holding, input, coil or discrete.")
@@ -1269,9 +1271,9 @@ def read(
     cycles: Annotated[
         int | None, typer.Option("--cycles", min=1, help="Stop after N reads (implies --watch).")
     ] = None,
-    baudrate: Annotated[int | None, typer.Option("--baudrate", help="Serial speed.")] = None,
-    parity: Annotated[str | None, typer.Option("--parity", help="N, E or O.")] = None,
-    stopbits: Annotated[int | None, typer.Option("--stopbits", help="1 or 2.")] = None,
+    baudrate: BaudrateOption = None,
+    parity: ParityOption = None,
+    stopbits: StopbitsOption = None,
     timeout: Annotated[
         float | None, typer.Option("--timeout", help="Seconds to wait for an answer.")
     ] = None,
@@ -1324,10 +1326,7 @@ def read(
 @_command(app, "write")
 def write(
     config: ConfigOption = None,
-    port: Annotated[
-        str | None,
-        typer.Option("--port", help="Serial path (/dev/ttyUSB0) or tcp://host:port."),
-    ] = None,
+    port: PortOption = None,
     unit: Annotated[int, typer.Option("--unit", "-a", help="Unit id (slave address).")] = 1,
     kind: Annotated[str, typer.Option("--kind", help="holding or coil.")] = "holding",
     address: Annotated[
@@ -1346,9 +1345,9 @@ def write(
     yes: Annotated[
         bool, typer.Option("--yes", help="Really write (required: a write acts on the plant).")
     ] = False,
-    baudrate: Annotated[int | None, typer.Option("--baudrate", help="Serial speed.")] = None,
-    parity: Annotated[str | None, typer.Option("--parity", help="N, E or O.")] = None,
-    stopbits: Annotated[int | None, typer.Option("--stopbits", help="1 or 2.")] = None,
+    baudrate: BaudrateOption = None,
+    parity: ParityOption = None,
+    stopbits: StopbitsOption = None,
     timeout: Annotated[
         float | None, typer.Option("--timeout", help="Seconds to wait for an answer.")
     ] = None,
