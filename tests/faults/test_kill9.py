@@ -50,7 +50,10 @@ def publish_rest(config: Path) -> None:
         timeout=60,
         check=False,
     )
-    assert done.returncode == 0, done.stderr
+    # Exit 1 is the documented partial failure: a poison reading the receiver refuses was
+    # still unsent and is now rejected (kept for export); anything else must be exit 0.
+    rejected = done.returncode == 1 and "rejected by the API" in done.stdout
+    assert done.returncode == 0 or rejected, done.stdout + done.stderr
     assert "Traceback" not in done.stderr
 
 
