@@ -258,11 +258,10 @@ def measure(sizes: Sizes, directory: Path | None) -> tuple[list[Row], list[str]]
             "python -c pass",
         ),
         Row(
-            f"start-up ms, importing typer + pydantic TypeAdapter + rich table "
-            f"(median of {boot.runs})",
-            boot.framework * 1000,
-            boot.python_pass * 1000,
-            "python -c pass (the CLI framework's floor under db stats)",
+            f"start-up ms, nixlog db stats (median of {boot.runs})",
+            boot.db_stats * 1000,
+            boot.db_stats_typer * 1000,
+            "the same command through the Typer CLI",
         ),
     ]
     notes.append(

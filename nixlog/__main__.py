@@ -1,6 +1,6 @@
-"""Allow ``python -m nixlog``."""
+"""Allow ``python -m nixlog`` (the same front as the console script: see ``entry.py``)."""
 
-from nixlog.cli import main
+from nixlog.entry import main
 
 if __name__ == "__main__":
     main()

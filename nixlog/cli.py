@@ -28,6 +28,7 @@ from typer.core import TyperCommand, TyperGroup
 
 from nixlog import __version__
 from nixlog.config import Config, load_config, resolve_config_path
+from nixlog.console import error_line, format_size, setup_logging, silence_stdout
 from nixlog.errors import EXIT_INTERRUPTED, EXIT_USAGE, NixlogError
 
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -82,7 +83,7 @@ class _NixlogGroup(TyperGroup):
                 sys.stdout.flush()
             except BrokenPipeError:
                 # `nixlog export | head -1`: the reader has all it wanted; exit 0 quietly.
-                _silence_stdout()
+                silence_stdout()
                 result = 0
             except SystemExit as exc:
                 # Typer turns EPIPE into exit 1 even outside standalone mode, and its rich
@@ -92,7 +93,7 @@ class _NixlogGroup(TyperGroup):
                     isinstance(exc.__context__, BrokenPipeError) or _stdout_is_devnull()
                 ):
                     raise
-                _silence_stdout()
+                silence_stdout()
                 result = 0
         except typer.TyperException as exc:  # typer's click: UsageError, BadParameter...
             result = _usage_error(exc)
@@ -126,9 +127,7 @@ app = typer.Typer(
     # A bug keeps its traceback, but never with local variables: they could hold the API key.
     pretty_exceptions_show_locals=False,
 )
-db_app = typer.Typer(
-    cls=_NixlogGroup, help="Inspect the local database.", no_args_is_help=True
-)
+db_app = typer.Typer(cls=_NixlogGroup, help="Inspect the local database.", no_args_is_help=True)
 config_app = typer.Typer(cls=_NixlogGroup, help="Validate configuration.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(config_app, name="config")
@@ -188,13 +187,7 @@ StopbitsOption = Annotated[int | None, typer.Option("--stopbits", help="1 or 2."
 
 
 def _setup_logging(verbose: bool) -> None:
-    """Plain log lines on stderr: journald adds the time, so we add none."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger("nixlog")
-    root.handlers[:] = [handler]
-    root.setLevel(logging.DEBUG if verbose else logging.WARNING)
-    root.propagate = False
+    setup_logging(logging.DEBUG if verbose else logging.WARNING)
 
 
 def _fail(exc: NixlogError) -> typer.Exit:
@@ -202,8 +195,7 @@ def _fail(exc: NixlogError) -> typer.Exit:
     if _state.verbose and exc.__cause__ is not None:
         detail = "".join(traceback.format_exception(exc.__cause__)).rstrip()
         typer.echo(detail, err=True)
-    # One physical line: a newline in a message (e.g. from an OS error) would split it.
-    typer.echo(f"Error: {' '.join(exc.message.splitlines())}", err=True)
+    typer.echo(error_line(exc), err=True)
     return typer.Exit(exc.exit_code)
 
 
@@ -225,7 +217,7 @@ def _command(group: typer.Typer, name: str) -> Callable[[_F], _F]:
                 raise typer.Exit(EXIT_INTERRUPTED) from None
             except BrokenPipeError:
                 # `nixlog poll --json | head -1`: the reader closed the pipe; not an error.
-                _silence_stdout()
+                silence_stdout()
                 raise typer.Exit(0) from None
 
         _add_verbose_option(wrapper, function)
@@ -354,9 +346,7 @@ def _print_devices(stdout: Console, cfg: Config) -> None:
         table.add_column(column)
     for bus in cfg.buses:
         for group_device in bus.devices:
-            groups = build_groups(
-                replace(bus, devices=(group_device,)), cfg.path
-            )
+            groups = build_groups(replace(bus, devices=(group_device,)), cfg.path)
             table.add_row(
                 escape(group_device.name or ""),
                 escape(bus.name),
@@ -507,9 +497,7 @@ def _open_poll_store(cfg: Config) -> Any:
     except BaseException:
         lock.release()
         raise
-    store = core.BinWriter(
-        conn, device_id, cfg.modbus.batch_size, cfg.database.flush_interval_sec
-    )
+    store = core.BinWriter(conn, device_id, cfg.modbus.batch_size, cfg.database.flush_interval_sec)
     store.writer_lock = lock  # type: ignore[attr-defined]
     return store
 
@@ -644,8 +632,7 @@ def _publish_outcome(cfg: Config, summary: Any, output: str = "api") -> NixlogEr
     if failure.retry_after is not None:
         wait = f" (the API asks to wait {failure.retry_after:.0f} s)"
     return ApiError(
-        f"API unavailable: {failure.detail}{wait}; readings are kept for the next "
-        f"attempt{done}"
+        f"API unavailable: {failure.detail}{wait}; readings are kept for the next attempt{done}"
     )
 
 
@@ -808,17 +795,6 @@ def _publish_dry_run_mqtt(client: Any, rows: list[Any], url: str) -> None:
 # --------------------------------------------------------------------------- prune
 
 
-def _megabytes(size: int) -> str:
-    """A size as people read it: ``512 B``, ``36 kB``, ``4.2 MB``, ``1.5 GB`` (SI units)."""
-    if size < 1000:
-        return f"{size} B"
-    if size < 1_000_000:
-        return f"{size / 1000:.0f} kB"
-    if size < 1_000_000_000:
-        return f"{size / 1_000_000:.1f} MB"
-    return f"{size / 1_000_000_000:.1f} GB"
-
-
 def _render_prune(report: Any) -> None:
     """Quiet when nothing was needed (cron mails any output); else one line per fact."""
     stdout = _console()
@@ -829,7 +805,7 @@ def _render_prune(report: Any) -> None:
             return
         stdout.print(
             f"Would delete about {plan.sent} sent, {plan.rejected} rejected and "
-            f"{plan.unsent} unsent readings ({_megabytes(plan.bytes_to_free)}): "
+            f"{plan.unsent} unsent readings ({format_size(plan.bytes_to_free)}): "
             f"{escape(report.reason)}. Dry run: nothing deleted."
         )
         return
@@ -846,7 +822,7 @@ def _render_prune(report: Any) -> None:
         )
     if report.vacuumed_bytes is not None:
         if report.vacuumed_bytes:
-            stdout.print(f"Vacuumed: gave {_megabytes(report.vacuumed_bytes)} back to the disk.")
+            stdout.print(f"Vacuumed: gave {format_size(report.vacuumed_bytes)} back to the disk.")
         else:
             stdout.print("Vacuum: nothing to give back.")
 
@@ -891,9 +867,16 @@ def daemon(config: ConfigOption = None) -> None:
 
     # The service runs for months: it continues in a process that never imported the CLI's
     # libraries (same PID, so systemd's notify socket and watchdog still see it).
-    with contextlib.suppress(OSError):
+    try:
         exec_daemon(path, _state.verbose)
-    from nixlog.daemon import run_daemon  # exec failed: run here, with the CLI loaded
+    except OSError as exc:
+        # A seccomp filter or a noexec mount may refuse the exec; the service still runs.
+        logging.getLogger("nixlog.service").warning(
+            "could not start the lean daemon process (%s); running in this one, which keeps "
+            "the command line's libraries loaded (about 13 MB more)",
+            exc,
+        )
+    from nixlog.daemon import run_daemon
 
     if not _state.verbose:
         # A service logs its start, stop and trouble; journald keeps it.
@@ -936,8 +919,10 @@ def _scan_base_config(config: Path | None, port: str | None) -> tuple[Any, str |
 
 def _describe_scan_bus(modbus: Any) -> str:
     """``/dev/ttyUSB0 at 9600 8N1, 0.3 s timeout`` (the line settings only for serial)."""
-    line = "" if modbus.is_tcp else (
-        f" at {modbus.baudrate} {modbus.bytesize}{modbus.parity}{modbus.stopbits}"
+    line = (
+        ""
+        if modbus.is_tcp
+        else (f" at {modbus.baudrate} {modbus.bytesize}{modbus.parity}{modbus.stopbits}")
     )
     return f"{modbus.port}{line}, {modbus.timeout_sec:g} s timeout"
 
@@ -1021,9 +1006,7 @@ def _scan_tables(result: Any, wide: bool = False) -> list[Any]:
                     cells = [str(address), f"0x{word:04X}", str(word), str(to_int16(word))]
                     if wide:
                         following = scan.values.get(address + 1)
-                        pair = (
-                            interpret_pair(word, int(following)) if following is not None else []
-                        )
+                        pair = interpret_pair(word, int(following)) if following is not None else []
                         cells += [_scan_cell(pair, order, draft) for order in BYTE_ORDERS_32]
                     table.add_row(*cells, draft_text)
             renderables.append(table)
@@ -1060,8 +1043,7 @@ def _scan_identities(result: Any) -> list[str]:
             lines.append(f"Unit {unit.unit_id} identifies as {escape(text)}")
         elif unit.identity_error is not None:
             lines.append(
-                f"Unit {unit.unit_id}: no device identification "
-                f"({escape(unit.identity_error)})"
+                f"Unit {unit.unit_id}: no device identification ({escape(unit.identity_error)})"
             )
     return lines
 
@@ -1445,7 +1427,7 @@ def export(
                 )
                 sys.stdout.flush()
             except BrokenPipeError:
-                _silence_stdout()  # `nixlog export | head` closed the pipe: not an error
+                silence_stdout()  # `nixlog export | head` closed the pipe: not an error
             return
         span = database.id_span(conn)
         _export_to_file(conn, output, names, since_at, until_at, unsent, span, units, scope)
@@ -1477,25 +1459,12 @@ def _check_output(output: Path, option: str = "--output") -> None:
 
 
 def _stdout_is_devnull() -> bool:
-    import contextlib
     import io
     import os
 
     with contextlib.suppress(OSError, ValueError, io.UnsupportedOperation):
         return os.path.samestat(os.fstat(sys.stdout.fileno()), os.stat(os.devnull))
     return False
-
-
-def _silence_stdout() -> None:
-    """Point stdout at /dev/null so Python's exit flush does not hit the closed pipe again."""
-    import contextlib
-    import io
-    import os
-
-    # Not a real file descriptor (CliRunner): nothing to silence.
-    with contextlib.suppress(OSError, ValueError, io.UnsupportedOperation):
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
 
 
 def _export_to_file(
@@ -1559,70 +1528,15 @@ def _export_to_file(
 # --------------------------------------------------------------------------- db stats
 
 
-def _render_db_stats(stats: Any) -> None:
-    """A two-column rich table of ``DbStats`` for a human."""
-    table = Table(title="nixlog database", show_header=False)
-    table.add_column("what", style="bold")
-    table.add_column("value", overflow="fold")
-    rows = [
-        ("file", stats.path),
-        ("readings", str(stats.rows)),
-        ("unsent", str(stats.unsent)),
-        ("sent", str(stats.sent)),
-        ("rejected by the API", str(stats.rejected)),
-        ("oldest", stats.oldest or "-"),
-        ("newest", stats.newest or "-"),
-        ("oldest unsent", stats.oldest_unsent or "-"),
-        ("file size (with WAL)", _megabytes(stats.db_bytes)),
-        ("reusable free pages", _megabytes(stats.free_pages_bytes)),
-        ("free disk", _megabytes(stats.free_disk_bytes)),
-        ("last successful publish", stats.last_publish or "never"),
-        (
-            "pruned so far",
-            f"{stats.pruned_sent} sent, {stats.pruned_rejected} rejected, "
-            f"{stats.pruned_unsent} unsent",
-        ),
-        ("epoch", stats.epoch),
-        ("lost unwritten (disk full at stop)", str(stats.lost_unwritten)),
-    ]
-    for name, output in stats.outputs.items():
-        rows.append(
-            (
-                f"output {name}",
-                f"{output['unsent']} unsent, last delivery {output['last_delivery'] or 'never'}, "
-                f"{output['failures']} failures since, {output['pruned_unsent']} pruned unsent",
-            )
-        )
-    rows += [
-        (
-            f"device {device.device or '(none)'}",
-            f"{device.rows} readings, {device.unsent} unsent, newest {device.newest or '-'}",
-        )
-        for device in stats.devices
-    ]
-    for name, value in rows:
-        table.add_row(name, escape(value))
-    _console().print(table)
-
-
 @_command(db_app, "stats")
 def db_stats(config: ConfigOption = None, json_output: JsonOption = False) -> None:
     """Rows, backlog, oldest and newest reading, file size, free space, last publish."""
-    import json
+    # The console script runs the plain spellings of this command without Typer (entry.py);
+    # both fronts call the same two functions, so they print the same bytes.
+    from nixlog import dbstats
 
-    from nixlog import database
-
-    cfg = _load(config)
-    # Safe next to a running daemon: WAL readers never block its writer (nor the reverse).
-    conn = database.open_db(cfg.database.path, create=False)
-    try:
-        result = database.stats(conn, outputs=cfg.output_names)
-    finally:
-        database.close(conn)
-    if json_output:
-        typer.echo(json.dumps(result.as_dict()))
-    else:
-        _render_db_stats(result)
+    result = dbstats.collect(config)
+    typer.echo(dbstats.render_json(result) if json_output else dbstats.render_text(result))
 
 
 # --------------------------------------------------------------------------- simulate
@@ -1684,9 +1598,7 @@ DEMO_NEXT_STEPS = (
 )
 
 
-def _demo_dashboard(
-    status: Any, seconds_left: float, units: dict[str, str] | None = None
-) -> Group:
+def _demo_dashboard(status: Any, seconds_left: float, units: dict[str, str] | None = None) -> Group:
     """The live demo view: a heading line, the belt's counters and the latest values with
     their units (a heading, not a table title: a title wraps to the table's width)."""
     units = units or {}

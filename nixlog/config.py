@@ -7,7 +7,6 @@ a typo never silently falls back to a default.
 
 from __future__ import annotations
 
-import difflib
 import errno
 import logging
 import math
@@ -15,7 +14,7 @@ import os
 import re
 import stat
 import tomllib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final, TypeVar
@@ -339,8 +338,7 @@ class Config:
         known = [d.name for d in self.devices() if d.name is not None]
         if not known:
             raise ConfigError(f"{self.path}: has no named devices (a [[bus.device]] has a name)")
-        close = difflib.get_close_matches(name, known, n=1)
-        hint = f' (did you mean "{close[0]}"?)' if close else ""
+        hint = did_you_mean(name, known)
         raise ConfigError(
             f'{self.path}: no device "{shorten(name, 80)}"{hint}; devices: {", ".join(known)}'
         )
@@ -469,6 +467,14 @@ def read_small_file(path: Path, limit: int) -> bytes:
     if size > limit:
         raise ValueError(f"larger than {limit} bytes")
     return b"".join(chunks)
+
+
+def did_you_mean(name: str, known: Iterable[str], cutoff: float = 0.6) -> str:
+    """`` (did you mean "x"?)`` for the closest of ``known`` to a mistyped ``name``, else ``""``."""
+    import difflib  # here, not at the top: only a mistake needs it, and it costs start-up
+
+    close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=cutoff)
+    return f' (did you mean "{close[0]}"?)' if close else ""
 
 
 def shorten(path: Path | str, keep: int = 120) -> str:
@@ -670,9 +676,7 @@ class _Table:
         unknown = sorted(set(self.data) - self.used)
         if unknown:
             name = unknown[0]
-            close = difflib.get_close_matches(name, sorted(self.used), n=1, cutoff=cutoff)
-            hint = f' (did you mean "{close[0]}"?)' if close else ""
-            raise self.error(name, f"unknown key{hint}")
+            raise self.error(name, f"unknown key{did_you_mean(name, self.used, cutoff)}")
 
 
 def _build_config(file: Path, document: dict[str, Any], env: Mapping[str, str]) -> Config:
@@ -890,9 +894,8 @@ def _build_plant_device(
     if profile_name is not None:
         profile = profiles.get(profile_name)
         if profile is None:
-            close = difflib.get_close_matches(profile_name, sorted(profiles), n=1)
-            hint = f' (did you mean "{close[0]}"?)' if close else ""
-            known = f" (profiles: {', '.join(sorted(profiles))})" if profiles and not close else ""
+            hint = did_you_mean(profile_name, profiles)
+            known = f" (profiles: {', '.join(sorted(profiles))})" if profiles and not hint else ""
             raise table.error(
                 "profile", f'unknown profile "{shorten(profile_name, 80)}"{hint}{known}'
             )

@@ -41,7 +41,6 @@ import json
 import logging
 import math
 import os
-import secrets
 import sqlite3
 import stat
 import struct
@@ -477,6 +476,8 @@ def _refuse_foreign_tables(conn: sqlite3.Connection) -> None:
 
 
 def _seed_meta(conn: sqlite3.Connection) -> None:
+    import secrets  # here, not at the top: only a new file needs it, and it costs start-up
+
     now = datetime.now(UTC).isoformat(timespec="seconds")
     rows = [
         # 8 hex digits: a new random epoch each time the file is created, so that ids of a

@@ -20,6 +20,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from nixlog.console import error_line, setup_logging
 from nixlog.errors import EXIT_INTERRUPTED, EXIT_USAGE, NixlogError
 
 MODULE = "nixlog.service"
@@ -50,17 +51,6 @@ def exec_daemon(config: Path, verbose: bool) -> None:
     os.execv(argv[0], argv)  # noqa: S606 -- our own interpreter, no shell
 
 
-def setup_logging(verbose: bool) -> None:
-    """The daemon's log lines on stderr, as ``cli.py`` sets them up: journald adds the time."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger("nixlog")
-    root.handlers[:] = [handler]
-    # A service logs its start, stop and trouble; journald keeps it.
-    root.setLevel(logging.DEBUG if verbose else logging.INFO)
-    root.propagate = False
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the daemon on ``--config PATH``; return its exit code (errors are one line)."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -74,7 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
-    setup_logging(verbose)
+    # A service logs its start, stop and trouble; journald keeps it.
+    setup_logging(logging.DEBUG if verbose else logging.INFO)
     try:
         # Imported here, after the logging set-up, so that only the service's modules load.
         from nixlog.config import load_config
@@ -87,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             logging.getLogger(MODULE).debug("top-level modules loaded: %s", " ".join(loaded))
         return run_daemon(config)
     except NixlogError as exc:
-        print(f"Error: {' '.join(exc.message.splitlines())}", file=sys.stderr)
+        print(error_line(exc), file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("Interrupted.", file=sys.stderr)

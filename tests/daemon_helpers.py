@@ -64,14 +64,19 @@ class DaemonProcess:
     """``python -m nixlog daemon -c CONFIG`` as a child process, its stderr kept in a file."""
 
     def __init__(
-        self, config: Path, env: dict[str, str] | None = None, args: list[str] | None = None
+        self,
+        config: Path,
+        env: dict[str, str] | None = None,
+        args: list[str] | None = None,
+        front: tuple[str, ...] = ("-m", "nixlog"),
     ) -> None:
+        """``front``: the interpreter arguments that start nixlog (``-c CODE`` to wrap it)."""
         self.config = config
         self.log_path = config.parent / f"daemon-{time.monotonic_ns()}.log"
         self._log = self.log_path.open("wb")
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "nixlog", "daemon", "-c", str(config), *(args or [])],
+            [sys.executable, *front, "daemon", "-c", str(config), *(args or [])],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=full_env,

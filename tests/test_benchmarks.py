@@ -60,7 +60,7 @@ EXPECTED_ROWS = [
     "daemon memory growth after warm-up",
     "start-up ms, nixlog --help",
     "start-up ms, nixlog db stats",
-    "start-up ms, importing typer + pydantic TypeAdapter + rich table",
+    "start-up ms, nixlog db stats (median of",
 ]
 TINY = [
     "--quick",

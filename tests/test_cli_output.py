@@ -117,9 +117,9 @@ def test_db_stats_sizes_in_kb_and_pruned_rejected(tmp_path: Path) -> None:
 )
 def test_sizes_pick_their_unit(size: int, shown: str) -> None:
     """Sizes are written in B, kB, MB or GB, whichever fits."""
-    from nixlog.cli import _megabytes
+    from nixlog.console import format_size
 
-    assert _megabytes(size) == shown
+    assert format_size(size) == shown
 
 
 def test_demo_dashboard_has_units_and_fits_100_columns() -> None:

@@ -419,6 +419,39 @@ def test_daemon_process_runs_lean_without_the_cli_libraries(
     assert "stopped: polled" in daemon.log
 
 
+REFUSED_EXEC = (
+    "import errno, os\n"
+    "def refuse(*args):\n"
+    "    raise PermissionError(errno.EPERM, 'Operation not permitted')\n"
+    "os.execv = refuse\n"
+    "from nixlog.entry import main\n"
+    "main()\n"
+)
+"""nixlog's console script in a process whose exec is refused, as a seccomp filter would."""
+
+
+def test_daemon_runs_in_the_cli_process_when_the_exec_is_refused(
+    tmp_path: Path, tcp_simulator: SimulatorServer, processes: list[DaemonProcess]
+) -> None:
+    """No lean process: one warning naming why, then the same service in the CLI's process."""
+    config = daemon_config(tmp_path, tcp_simulator.address, None)
+    daemon = DaemonProcess(config, front=("-c", REFUSED_EXEC))
+    processes.append(daemon)
+    wait_until(lambda: row_count(tmp_path / "nixlog.db") >= 10, 20, "the first batch", daemon)
+    maps = Path(f"/proc/{daemon.process.pid}/maps").read_text(encoding="utf-8")
+    assert "pydantic_core" in maps  # still the CLI's image: the exec really did not happen
+    code, _ = daemon.terminate()
+    assert code == 0, daemon.log
+    warnings = [line for line in daemon.log.splitlines() if "lean daemon" in line]
+    assert warnings == [
+        "WARNING nixlog.service: could not start the lean daemon process ([Errno 1] Operation "
+        "not permitted); running in this one, which keeps the command line's libraries loaded "
+        "(about 13 MB more)"
+    ]
+    assert "stopped: polled" in daemon.log
+    assert "Traceback" not in daemon.log
+
+
 def test_lean_daemon_refuses_arguments_it_was_not_given_by_the_cli() -> None:
     """`python -m nixlog.service` without `--config PATH` is one usage line and exit 2."""
     done = subprocess.run(
