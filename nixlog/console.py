@@ -13,8 +13,9 @@ import io
 import logging
 import os
 import sys
+from collections.abc import Callable
 
-from nixlog.errors import NixlogError
+from nixlog.errors import EXIT_INTERRUPTED, NixlogError
 
 LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
 """No time stamp: journald adds its own, and a terminal user reads the line at once."""
@@ -55,3 +56,22 @@ def silence_stdout() -> None:
     with contextlib.suppress(OSError, ValueError, io.UnsupportedOperation):
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
+
+
+def exit_code_of(work: Callable[[], int]) -> int:
+    """Run ``work`` and return its exit code, reporting what a user may cause as Typer would.
+
+    A ``NixlogError`` is its one line and exit code, Ctrl-C is "Interrupted." and 130, and a
+    closed stdout pipe is not an error (0). For the fronts that run without Typer.
+    """
+    try:
+        return work()
+    except NixlogError as exc:
+        print(error_line(exc), file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("Interrupted.", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        silence_stdout()
+        return 0

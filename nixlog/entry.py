@@ -60,24 +60,18 @@ def run_db_stats(args: DbStatsArgs) -> int:
     """Run ``db stats`` as the Typer command does; return the exit code."""
     import logging
 
-    from nixlog.console import error_line, setup_logging, silence_stdout
-    from nixlog.errors import EXIT_INTERRUPTED, NixlogError
+    from nixlog.console import exit_code_of, setup_logging
 
     setup_logging(logging.WARNING)
-    try:
-        from nixlog import dbstats
+    return exit_code_of(lambda: _print_db_stats(args))
 
-        stats = dbstats.collect(args.config)
-        print(dbstats.render_json(stats) if args.json_output else dbstats.render_text(stats))
-        sys.stdout.flush()
-    except NixlogError as exc:
-        print(error_line(exc), file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("Interrupted.", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except BrokenPipeError:
-        silence_stdout()
+
+def _print_db_stats(args: DbStatsArgs) -> int:
+    from nixlog import dbstats
+
+    stats = dbstats.collect(args.config)
+    print(dbstats.render_json(stats) if args.json_output else dbstats.render_text(stats))
+    sys.stdout.flush()  # here, so that a closed pipe is met inside exit_code_of
     return 0
 
 

@@ -20,8 +20,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from nixlog.console import error_line, setup_logging
-from nixlog.errors import EXIT_INTERRUPTED, EXIT_USAGE, NixlogError
+from nixlog.console import exit_code_of, setup_logging
+from nixlog.errors import EXIT_USAGE
 
 MODULE = "nixlog.service"
 
@@ -66,24 +66,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     # A service logs its start, stop and trouble; journald keeps it.
     setup_logging(logging.DEBUG if verbose else logging.INFO)
-    try:
-        # Imported here, after the logging set-up, so that only the service's modules load.
-        from nixlog.config import load_config
-        from nixlog.daemon import run_daemon
+    return exit_code_of(lambda: _serve(Path(args[1]), verbose))
 
-        # Loaded again rather than passed along: the CLI already validated this very file.
-        config = load_config(Path(args[1]))
-        if verbose:
-            loaded = sorted(name for name in sys.modules if "." not in name)
-            logging.getLogger(MODULE).debug("top-level modules loaded: %s", " ".join(loaded))
-        return run_daemon(config)
-    except NixlogError as exc:
-        print(error_line(exc), file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("Interrupted.", file=sys.stderr)
-        return EXIT_INTERRUPTED
 
+def _serve(config_path: Path, verbose: bool) -> int:
+    # Imported here, after the logging set-up, so that only the service's modules load.
+    from nixlog.config import load_config
+    from nixlog.daemon import run_daemon
+
+    # Loaded again rather than passed along: the CLI already validated this very file.
+    config = load_config(config_path)
+    if verbose:
+        loaded = sorted(name for name in sys.modules if "." not in name)
+        logging.getLogger(MODULE).debug("top-level modules loaded: %s", " ".join(loaded))
+    return run_daemon(config)
 
 if __name__ == "__main__":
     sys.exit(main())
