@@ -106,8 +106,17 @@ def register_names(config: Config, device: str | None = None) -> list[str]:
 
 
 def safe_text(text: str) -> str:
-    """A text cell a spreadsheet will not run as a formula (a leading ``'`` when needed)."""
-    return "'" + text if text.startswith(FORMULA_STARTS) else text
+    """A text cell a spreadsheet will not run as a formula (a leading ``'`` when needed).
+
+    A carriage return becomes a line feed: with ``\n`` as the row terminator the csv module
+    quotes a cell holding a line feed but not one holding a lone CR, which a reader then takes
+    for the end of the row, shifting every later column.
+    """
+    if text.startswith(FORMULA_STARTS):
+        text = "'" + text
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return text
 
 
 def format_value(value: object) -> str:

@@ -252,7 +252,20 @@ def test_csv_text_cells_that_look_like_formulas_get_a_quote(db: sqlite3.Connecti
 
 def test_safe_text_covers_every_formula_start() -> None:
     """Each of = + - @ tab CR at the start gets the quote; elsewhere in the text it does not."""
-    for start in ("=", "+", "-", "@", "\t", "\r"):
+    for start in ("=", "+", "-", "@", "\t"):
         assert safe_text(f"{start}x") == f"'{start}x"
         assert safe_text(f"x{start}") == f"x{start}"
+    assert safe_text("\rx") == "'\nx"  # quoted for the CR, which then becomes a line feed
     assert safe_text("") == ""
+
+
+def test_a_carriage_return_in_a_text_cell_keeps_the_row_whole(db: sqlite3.Connection) -> None:
+    """A CR (alone or in CRLF) inside a string is a line feed in a quoted cell, not a row end."""
+    values: dict[str, int | float | bool | str] = {"a": "one\rtwo", "b": "x\r\ny", "c": 1}
+    database.batch_insert_readings(db, "dev", [Reading(timestamp=NOW.isoformat(), values=values)])
+    out = io.StringIO()
+    export_csv(db, out, ["a", "b", "c"])
+    header, row = list(csv.reader(io.StringIO(out.getvalue(), newline="")))
+    cells = dict(zip(header, row, strict=True))
+    assert (cells["a"], cells["b"], cells["c"]) == ("one\ntwo", "x\ny", "1")
+    assert "\r" not in out.getvalue()
