@@ -1,9 +1,9 @@
 """``nixlog db stats``: collect the figures and write them for a person or for a script.
 
-Both fronts of the command call these two functions: the Typer command in ``cli.py`` and the
-console script's fast path in ``entry.py``, which runs ``db stats`` without importing Typer,
-pydantic or rich (ARCHITECTURE.md, "Start-up"). So the human view is plain aligned text, built
-here, not a rich table: one renderer, the same bytes whichever front ran it.
+Both fronts of the command call ``collect`` and a renderer from here: the Typer command in
+``cli.py`` and the console script's fast path in ``entry.py``, which runs ``db stats`` without
+importing Typer, pydantic or rich (ARCHITECTURE.md, "Start-up cost"). So the human view is
+plain aligned text, built here, not a rich table: the same bytes whichever front ran it.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ plain spellings of ``db stats`` run here, on the same library call (``dbstats.co
 same renderer and the same error line (``console.error_line``) as the Typer command. Anything
 else (``--help``, ``-v``, an option or spelling not listed in ``parse_db_stats``) goes to
 the Typer CLI, which stays the one parser of record: this path only recognises, it never
-reports a usage error. ARCHITECTURE.md, "Start-up", has the figures.
+reports a usage error. See ARCHITECTURE.md, "Start-up cost".
 """
 
 from __future__ import annotations
