@@ -59,9 +59,10 @@ pymodbus 3.10 renamed to ``device_id``: with today's pymodbus every poll fails."
 MODBUS4MQTT_REQUIREMENTS = ("modbus4mqtt==0.7.1",)
 """It pins pymodbus <3 and paho-mqtt <2 itself."""
 NODE_RED_PACKAGES = ("node-red@4.1.15", "node-red-contrib-modbus@5.23.3")
-"""Node-RED 5 needs Node.js >= 22.9 (this machine has 20), so the newest 4.x. The newest
-node-red-contrib-modbus (5.45 and later) fetches its modbus-serial fork from dl.cloudsmith.io,
-not from the npm registry; 5.23.3 is the newest release installable from the registry alone."""
+"""Node-RED 5 needs Node.js >= 22.9 (the machine measured had 20), so the newest 4.x. The
+newest node-red-contrib-modbus releases (5.45.2, 5.60.2) fetch their modbus-serial fork from
+dl.cloudsmith.io, not from the npm registry, which a machine with only the registry cannot
+reach; 5.23.3 is the newest release the registry offered whose dependencies all come from it."""
 
 FIRST_MESSAGE_TIMEOUT_SEC = 120.0
 """Node-RED on a busy 2-core machine takes a while to load its palette and flows."""
