@@ -46,6 +46,9 @@ class Sizes:
     startup_runs: int
     scan: bool
     rtu_seconds: float
+    peers: bool = False
+    """Append ``peers.py``'s table: modbus2mqtt, modbus4mqtt and Node-RED beside the daemon
+    (installs them outside the repository on first use; about five more minutes)."""
 
 
 FULL = Sizes(3.0, 50_000, 100_000, 1_000_000, 60.0, 120.0, 11, True, 4.0)
@@ -418,6 +421,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[Sizes, Path | None]:
     parser.add_argument("--startup-runs", type=int, help="runs per start-up command")
     parser.add_argument("--no-scan", action="store_true", help="leave out scan_speed.py")
     parser.add_argument(
+        "--peers",
+        action="store_true",
+        help="also measure modbus2mqtt, modbus4mqtt and Node-RED as the daemon is measured "
+        "(benchmarks/peers.py for --daemon-seconds each; installs them in ~/.cache)",
+    )
+    parser.add_argument(
         "--rtu-seconds",
         type=float,
         help=f"seconds per master and baud rate on the paced RTU line (default "
@@ -442,6 +451,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Sizes, Path | None]:
         startup_runs=args.startup_runs or base.startup_runs,
         scan=base.scan and not args.no_scan,
         rtu_seconds=args.rtu_seconds or base.rtu_seconds,
+        peers=args.peers,
     )
     return sizes, args.dir
 
@@ -457,6 +467,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"`{command}` on {machine()}; {time.monotonic() - started:.0f} s in all.")
     for note in notes:
         print(f"- {note}")
+    if sizes.peers:
+        from benchmarks import peers
+
+        print()
+        print("Peer reference (benchmarks/peers.py), the daemon beside other loggers:")
+        print()
+        sys.stdout.flush()
+        return peers.main(["--seconds", f"{sizes.daemon_seconds:g}"])
     return 0
 
 
