@@ -29,14 +29,12 @@ from nixlog.modbus_client import (
     FaultLog,
     ModbusReadError,
     ReadLink,
-    RequestResult,
     create_client,
-    read_request,
+    failed_result,
 )
 from nixlog.model import Reading, StoredReading, Value
 from nixlog.registers import (
     ReadRequest,
-    decode,
     plan_for_config,
     plan_requests,
     split_at_gaps,
@@ -62,6 +60,9 @@ UNIT_SILENT_GRACE = 1
 """Silent cycles a unit is forgiven before it is backed off (one lost answer is noise)."""
 LINK_DROP_GRACE = 2
 """Connections a request may see dropped in a row before it is blamed and backed off."""
+
+BlockKey = tuple[int, str, int, int]
+"""What a request reads (unit, kind, start, count): silence and backoff are counted per block."""
 
 
 def utc_timestamp(now: datetime | None = None) -> str:
@@ -119,10 +120,10 @@ class Poller:
         self._unit_backoff_limits = unit_backoff
         self._unit_backoff: dict[int, Backoff] = {}
         self._unit_silent: dict[int, int] = {}
-        self._block_backoff: dict[tuple[int, str, int, int], Backoff] = {}
-        self._block_silent: dict[tuple[int, str, int, int], int] = {}
-        self._block_drops: dict[tuple[int, str, int, int], int] = {}
-        self._suspect: set[tuple[int, str, int, int]] = set()  # unanswered when last sent
+        self._block_backoff: dict[BlockKey, Backoff] = {}
+        self._block_silent: dict[BlockKey, int] = {}
+        self._block_drops: dict[BlockKey, int] = {}
+        self._suspect: set[BlockKey] = set()  # unanswered when last sent
         self.faults = FaultLog(poll_log, clock=clock)
         base, cap = connect_backoff
         self._connect_backoff = Backoff(base=base, cap=cap, clock=clock)
@@ -181,8 +182,9 @@ class Poller:
             timestamp = self._read_plan(decoded, errors, plan)
         if timestamp is None:
             timestamp = utc_timestamp(self.wall_clock())
-        values = {r.name: decoded[r.name] for r in registers if r.name in decoded}
-        ordered_errors = {r.name: errors[r.name] for r in registers if r.name in errors}
+        names = [register.name for register in registers]  # the reading keeps the map's order
+        values = {name: decoded[name] for name in names if name in decoded}
+        ordered_errors = {name: errors[name] for name in names if name in errors} if errors else {}
         reading = Reading(timestamp=timestamp, values=values, errors=ordered_errors, device=device)
         self.last_cycle = reading
         self.stats.last_cycle_sec = self.clock() - started
@@ -239,12 +241,13 @@ class Poller:
         while queue:
             request = queue.popleft()
             unit = request.unit_id
+            key = _block_key(request)
             skip_reason: str | None = None
             if link_lost:
                 skip_reason = "disconnected"
             elif unit not in answered and (unit in silent or self.unit_backed_off(unit)):
                 skip_reason = f"skipped: unit {unit} not responding"
-            elif self.block_backed_off(request):
+            elif self._key_backed_off(key):
                 skip_reason = "skipped: block not responding"
             if skip_reason is not None:
                 self.stats.skipped_requests += 1
@@ -253,12 +256,15 @@ class Poller:
                 continue
             if timestamp is None:
                 timestamp = utc_timestamp(self.wall_clock())
-            result = self._read(request)
-            if result.values is not None:
+            try:
+                raw = self._read(request, key)
+            except ModbusReadError as exc:
+                result = failed_result(request, exc)
+            else:
                 answered.add(unit)
                 block_ok.append(request)
-                self._suspect.discard(_block_key(request))
-                self._decode(request, result.values, decoded, errors)
+                self._suspect.discard(key)
+                self._decode(request, raw, decoded, errors)
                 continue
             self.stats.failed_requests += 1
             if result.failure == FAILURE_DISCONNECTED:
@@ -310,7 +316,11 @@ class Poller:
 
     def block_backed_off(self, request: ReadRequest) -> bool:
         """True while ``request`` is being skipped after staying silent alone."""
-        backoff = self._block_backoff.get(_block_key(request))
+        return self._key_backed_off(_block_key(request))
+
+    def _key_backed_off(self, key: BlockKey) -> bool:
+        """``block_backed_off`` of the request whose key the caller already has."""
+        backoff = self._block_backoff.get(key)
         return backoff is not None and not backoff.ready()
 
     def _update_block_backoff(
@@ -324,15 +334,18 @@ class Poller:
         A dropped link is blamed on a request only after ``LINK_DROP_GRACE`` drops in a row on
         it: a gateway or proxy that resets now and then hits whichever request is in flight.
         """
-        for request in answered:
-            key = _block_key(request)
-            silent_count = self._block_silent.pop(key, 0)
-            if silent_count > UNIT_SILENT_GRACE or self._block_drops.get(key, 0) > LINK_DROP_GRACE:
-                self.faults.note(("block again", key), f"{request.describe()} answers again")
-            self._block_drops.pop(key, None)
-            backoff = self._block_backoff.get(key)
-            if backoff is not None:
-                backoff.success()
+        # While no block is counted or backed off (every healthy cycle) answers clear nothing.
+        if self._block_silent or self._block_drops or self._block_backoff:
+            for request in answered:
+                key = _block_key(request)
+                silent_count = self._block_silent.pop(key, 0)
+                dropped_count = self._block_drops.pop(key, 0)
+                if silent_count > UNIT_SILENT_GRACE or dropped_count > LINK_DROP_GRACE:
+                    self.faults.note(("block again", key), f"{request.describe()} answers again")
+                # Forgotten rather than reset: a new backoff is the same as a reset one.
+                self._block_backoff.pop(key, None)
+        if not silent and not killers:
+            return
         for requests, counts, grace, what in (
             (silent, self._block_silent, UNIT_SILENT_GRACE, "does not answer"),
             (killers, self._block_drops, LINK_DROP_GRACE, "drops the connection"),
@@ -354,22 +367,34 @@ class Poller:
                     f"skipping this request, next try in {delay:.1f} s",
                 )
 
-    def _read(self, request: ReadRequest) -> RequestResult:
+    def _read(self, request: ReadRequest, key: BlockKey) -> list[int] | list[bool]:
+        """The values ``request`` read; every failure raises ``ModbusReadError``.
+
+        Only a failure builds a ``RequestResult`` (the caller's): a success, every request of
+        a healthy cycle, costs nothing but the values.
+        """
         self.stats.requests += 1
         # A request or unit tried again after a backoff is probed once, without retries: it
         # has failed every time so far, and its retries would cost everyone's bus time.
-        block = self._block_backoff.get(_block_key(request))
+        block = self._block_backoff.get(key)
         unit = self._unit_backoff.get(request.unit_id)
         probe = (block is not None and block.failures > 0) or (
             unit is not None and unit.failures > 0
         )
         try:
-            return read_request(self.link, request, retries=0 if probe else None)
+            if probe:
+                return self.link.read(
+                    request.unit_id, request.kind, request.start, request.count, retries=0
+                )
+            return self.link.read(request.unit_id, request.kind, request.start, request.count)
+        except ModbusReadError:
+            raise
         except Exception as exc:
             # A bug in a library must not kill the poller of an unattended logger: record it
             # with its traceback and keep polling the rest.
             poll_log.exception("unexpected error reading %s", request.describe())
-            return RequestResult(request, error=f"internal error: {type(exc).__name__}")
+            reason = f"internal error: {type(exc).__name__}"
+            raise ModbusReadError(f"{request.describe()}: {reason}", reason) from exc
 
     def _decode(
         self,
@@ -378,17 +403,19 @@ class Poller:
         decoded: dict[str, Value],
         errors: dict[str, str],
     ) -> None:
-        for register in request.registers:
+        # The request's decoders are built on its first cycle: each is registers.decode
+        # specialised for its register, with the same values and the same errors.
+        for name, first, end, decoder in request.decoders:
             try:
-                value = decode(register, request.slice_for(register, raw))
+                value = decoder(raw[first:end])
             except ValueError as exc:
-                errors[register.name] = f"invalid value ({exc})"
+                errors[name] = f"invalid value ({exc})"
                 continue
             if isinstance(value, float) and not math.isfinite(value):
                 # NaN/inf is a sensor fault, and JSON cannot carry it to the API.
-                errors[register.name] = f"not a number ({value})"
+                errors[name] = f"not a number ({value})"
                 continue
-            decoded[register.name] = value
+            decoded[name] = value
 
     def _split(self, request: ReadRequest, plan: list[ReadRequest]) -> list[ReadRequest]:
         """Stop bridging gaps for a device that refuses reads of unused addresses."""
@@ -404,12 +431,13 @@ class Poller:
         return parts
 
     def _update_unit_backoff(self, silent: set[int], answered: set[int]) -> None:
-        for unit in answered:
-            if self._unit_silent.pop(unit, 0) > UNIT_SILENT_GRACE:
-                self.faults.note(("unit again", unit), f"unit {unit} answers again")
-            backoff = self._unit_backoff.get(unit)
-            if backoff is not None:
-                backoff.success()
+        # While no unit is counted or backed off (every healthy cycle) answers clear nothing.
+        if self._unit_silent or self._unit_backoff:
+            for unit in answered:
+                if self._unit_silent.pop(unit, 0) > UNIT_SILENT_GRACE:
+                    self.faults.note(("unit again", unit), f"unit {unit} answers again")
+                # Forgotten rather than reset: a new backoff is the same as a reset one.
+                self._unit_backoff.pop(unit, None)
         for unit in silent:
             count = self._unit_silent.get(unit, 0) + 1
             self._unit_silent[unit] = count
@@ -426,7 +454,7 @@ class Poller:
             )
 
 
-def _block_key(request: ReadRequest) -> tuple[int, str, int, int]:
+def _block_key(request: ReadRequest) -> BlockKey:
     return (request.unit_id, request.kind, request.start, request.count)
 
 

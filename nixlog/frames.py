@@ -22,7 +22,10 @@ EXCEPTION_BIT: Final = 0x80
 RTU_EXCEPTION_LENGTH: Final = 5  # unit, function | 0x80, code, CRC (2)
 RTU_HEADER_LENGTH: Final = 3  # unit, function, byte count (or exception code)
 MBAP_LENGTH: Final = 7
+MBAP_HEADER: Final = struct.Struct(">HHHB")
+"""Transaction id, protocol, length (of the unit byte and PDU), unit: how a TCP frame starts."""
 MAX_PDU_LENGTH: Final = 253
+_START_COUNT: Final = struct.Struct(">HH")  # what a read request PDU asks for, after its function
 
 
 def _crc_table() -> tuple[int, ...]:
@@ -83,7 +86,7 @@ def rtu_answer_length(function: int, count: int) -> int:
 def tcp_request(transaction: int, unit: int, function: int, start: int, count: int) -> bytes:
     """The 12-byte Modbus TCP frame of a read request."""
     pdu = read_pdu(function, start, count)
-    return struct.pack(">HHHB", transaction & 0xFFFF, 0, len(pdu) + 1, unit) + pdu
+    return MBAP_HEADER.pack(transaction & 0xFFFF, 0, len(pdu) + 1, unit) + pdu
 
 
 class Mbap(NamedTuple):
@@ -100,7 +103,7 @@ class Mbap(NamedTuple):
 
 def parse_mbap(header: bytes) -> Mbap:
     """The fields of a 7-byte MBAP header."""
-    return Mbap._make(struct.unpack(">HHHB", header))
+    return Mbap._make(MBAP_HEADER.unpack(header))
 
 
 class Answer(NamedTuple):
@@ -121,7 +124,7 @@ class FrameError(ValueError):
 def _check_read_pdu(pdu: bytes, function: int, count: int) -> int | None:
     """The exception code of a read's answer PDU, or None when it carries the data asked for;
     ``FrameError`` otherwise. Checks without unpacking the values (the poll path checks every
-    answer once in the transaction and unpacks it once in ``parse_pdu``)."""
+    answer once in the transaction and unpacks it once in ``read_answer_values``)."""
     if not pdu:
         raise FrameError("empty answer")
     if pdu[0] == function | EXCEPTION_BIT:
@@ -142,11 +145,17 @@ def parse_pdu(pdu: bytes, function: int, count: int) -> Answer:
     code = _check_read_pdu(pdu, function, count)
     if code is not None:
         return Answer(code=code)
-    data = pdu[2:]
+    return Answer(values=read_answer_values(pdu, function, count))
+
+
+def read_answer_values(pdu: bytes, function: int, count: int) -> list[int] | list[bool]:
+    """The words (or bits) of a read's answer PDU that has passed ``check_answer``.
+
+    Unpacks without checking again: the link checks every answer once, in its transaction.
+    """
     if function in BIT_FUNCTIONS:
-        bits = [bool(data[i // 8] >> (i % 8) & 1) for i in range(count)]
-        return Answer(values=bits)
-    return Answer(values=list(struct.unpack(f">{count}H", data)))
+        return [bool(pdu[2 + i // 8] >> (i % 8) & 1) for i in range(count)]
+    return list(struct.unpack_from(f">{count}H", pdu, 2))
 
 
 def parse_rtu_answer(frame: bytes, unit: int, function: int, count: int) -> Answer:
@@ -256,7 +265,7 @@ def answer_pdu_length(request: bytes, prefix: bytes) -> int:
     if prefix and prefix[0] == function | EXCEPTION_BIT:
         return 2
     if function in READ_FUNCTIONS:
-        _, count = struct.unpack(">HH", request[1:5])
+        _, count = _START_COUNT.unpack_from(request, 1)
         return 2 + byte_count(function, count)
     if function in WRITE_FUNCTIONS:
         return 5
@@ -284,7 +293,7 @@ def check_answer(request: bytes, answer: bytes) -> int | None:
     answer; ``FrameError`` when it answers something else."""
     function = request[0]
     if function in READ_FUNCTIONS:
-        _, count = struct.unpack(">HH", request[1:5])
+        _, count = _START_COUNT.unpack_from(request, 1)
         return _check_read_pdu(answer, function, count)
     if not answer:
         raise FrameError("empty answer")
@@ -348,4 +357,4 @@ def rtu_frame(unit: int, pdu: bytes) -> bytes:
 
 def tcp_frame(transaction: int, unit: int, pdu: bytes) -> bytes:
     """A complete Modbus TCP frame: MBAP header and PDU."""
-    return struct.pack(">HHHB", transaction & 0xFFFF, 0, len(pdu) + 1, unit) + pdu
+    return MBAP_HEADER.pack(transaction & 0xFFFF, 0, len(pdu) + 1, unit) + pdu

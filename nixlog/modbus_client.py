@@ -29,6 +29,7 @@ from typing import Any, Final, Protocol
 from nixlog.config import ModbusConfig
 from nixlog.errors import DeviceError
 from nixlog.frames import (
+    MBAP_HEADER,
     MBAP_LENGTH,
     RTU_HEADER_LENGTH,
     WRITE_MULTIPLE_REGISTERS,
@@ -42,8 +43,7 @@ from nixlog.frames import (
     device_id_pdu,
     longest_answer_pdu,
     parse_device_id,
-    parse_mbap,
-    parse_pdu,
+    read_answer_values,
     read_pdu,
     rtu_frame,
     rtu_frame_length,
@@ -380,9 +380,9 @@ class ModbusLink:
         timeout, at most ``RTU_SETTLE_MAX_SEC``); a unit sweep uses a short one. Raises
         ``ReadTimeout``, ``DeviceException``, ``LinkDown`` or ``BadResponse``.
         """
-        if kind not in FUNCTION_CODES:
+        function = FUNCTION_CODES.get(kind)
+        if function is None:
             raise ValueError(f"unknown register kind {kind!r}")
-        function = FUNCTION_CODES[kind]
         answer = self.transact(
             unit_id,
             read_pdu(function, start, count),
@@ -390,9 +390,8 @@ class ModbusLink:
             retries=retries,
             settle_sec=settle_sec,
         )
-        values = parse_pdu(answer, function, count).values
-        assert values is not None
-        return values
+        # ``transact`` has checked the answer against the request: only unpacking is left.
+        return read_answer_values(answer, function, count)
 
     def write(
         self, unit_id: int, kind: str, address: int, values: Sequence[int] | Sequence[bool]
@@ -448,7 +447,8 @@ class ModbusLink:
             for _ in range(tries):
                 if not self.connected:
                     self.connect()
-                self._wait_request_gap()
+                if self._gap > 0:
+                    self._wait_request_gap()
                 try:
                     if self._tcp:
                         return self._tcp_transaction(unit_id, request, call_timeout)
@@ -469,8 +469,6 @@ class ModbusLink:
         raise failure
 
     def _wait_request_gap(self) -> None:
-        if self._gap <= 0:
-            return
         remaining = self._last_io + self._gap - time.monotonic()
         if remaining > 0:
             time.sleep(remaining)
@@ -736,24 +734,23 @@ class ModbusLink:
         deadline = time.monotonic() + timeout
         self._send(sock, tcp_frame(transaction, unit, request), deadline)
         while True:
-            header = self._recv(sock, MBAP_LENGTH, deadline, unit)
-            mbap = parse_mbap(header)
-            if mbap.protocol != 0 or not 2 <= mbap.length <= 254:
-                self.close()
-                raise BadResponse("not a Modbus TCP frame")
-            pdu = self._recv(sock, mbap.length - 1, deadline, unit)
-            if mbap.transaction == transaction:
+            frame = self._recv_frame(sock, deadline, unit)
+            answered, _, _, answer_unit = MBAP_HEADER.unpack_from(frame)
+            if answered == transaction:
                 break
-            if 0 < (transaction - mbap.transaction) & 0xFFFF <= RECENT_ANSWERS:
+            if 0 < (transaction - answered) & 0xFFFF <= RECENT_ANSWERS:
                 # An earlier transaction's answer: a copy of the last one, or a late one.
-                kind = ANSWERED_TWICE if header + pdu == self._tcp_last else LATE_ANSWER
-                self.faults.note((kind, mbap.unit), f"{self.description}: unit {mbap.unit} {kind}")
+                kind = ANSWERED_TWICE if frame == self._tcp_last else LATE_ANSWER
+                self.faults.note(
+                    (kind, answer_unit), f"{self.description}: unit {answer_unit} {kind}"
+                )
                 continue
             self.close()
-            raise BadResponse(f"answer to transaction {mbap.transaction} (sent {transaction})")
-        self._tcp_last = header + pdu
-        if mbap.unit != unit:
-            raise BadResponse(f"answer from unit {mbap.unit} (asked {unit})", complete=True)
+            raise BadResponse(f"answer to transaction {answered} (sent {transaction})")
+        self._tcp_last = frame
+        if answer_unit != unit:
+            raise BadResponse(f"answer from unit {answer_unit} (asked {unit})", complete=True)
+        pdu = frame[MBAP_LENGTH:]
         try:
             code = check_answer(request, pdu)
         except FrameError as exc:
@@ -781,11 +778,34 @@ class ModbusLink:
             writable.register(sock, select.POLLOUT)
             writable.poll(math.ceil(remaining * 1000))
 
-    def _recv(self, sock: socket.socket, size: int, deadline: float, unit: int) -> bytes:
-        """Exactly ``size`` bytes before ``deadline``; a timeout replaces the connection.
+    def _recv_frame(self, sock: socket.socket, deadline: float, unit: int) -> bytes:
+        """The next whole Modbus TCP frame (MBAP header and PDU) before ``deadline``.
 
-        Reads whatever has arrived (up to a whole frame's worth) and keeps the rest for the
-        next call, so a whole answer usually costs one receive, not one per MBAP part.
+        A header that cannot start a Modbus TCP frame closes the connection: nothing after
+        it on this stream can be framed any more. Bytes behind the frame stay for the next.
+        """
+        self._fill(sock, MBAP_LENGTH, deadline, unit)
+        _, protocol, length, _ = MBAP_HEADER.unpack_from(self._rx)
+        if protocol != 0 or not 2 <= length <= 254:
+            self.close()
+            raise BadResponse("not a Modbus TCP frame")
+        size = MBAP_LENGTH - 1 + length  # ``length`` counts the unit byte, part of the header
+        if len(self._rx) < size:  # usually the whole answer came with its header
+            self._fill(sock, size, deadline, unit, held=MBAP_LENGTH)
+        frame = bytes(self._rx[:size])
+        del self._rx[:size]
+        return frame
+
+    def _fill(
+        self, sock: socket.socket, size: int, deadline: float, unit: int, held: int = 0
+    ) -> None:
+        """Receive until ``size`` bytes are buffered, before ``deadline``; a timeout replaces
+        the connection.
+
+        Reads whatever has arrived (up to a whole frame's worth and more), so a whole answer
+        usually costs one receive, not one per MBAP part. ``held``: buffered bytes already
+        accounted for (a header): a timeout with no more than those is silence, not an
+        incomplete answer.
         """
         data = self._rx
         while len(data) < size:
@@ -800,7 +820,7 @@ class ModbusLink:
             except BlockingIOError:
                 continue  # woken without data after all: wait again
             except TimeoutError as exc:
-                partial = bool(data)
+                partial = len(data) > held
                 self.close()
                 if partial:
                     raise BadResponse("incomplete answer") from exc
@@ -812,9 +832,6 @@ class ModbusLink:
             if not chunk:
                 raise LinkDown(f"lost connection to {self.description}: closed by the peer")
             data += chunk
-        taken = bytes(data[:size])
-        del data[:size]
-        return taken
 
 
 def create_client(modbus: ModbusConfig) -> ModbusLink:
@@ -883,15 +900,16 @@ def read_request(
                 request.unit_id, request.kind, request.start, request.count, retries=retries
             )
     except ModbusReadError as exc:
-        code = exc.code if isinstance(exc, DeviceException) else None
-        return RequestResult(
-            request,
-            error=exc.reason,
-            failure=exc.failure,
-            exception_code=code,
-            detail=exc.message,
-        )
+        return failed_result(request, exc)
     return RequestResult(request, values=values)
+
+
+def failed_result(request: ReadRequest, exc: ModbusReadError) -> RequestResult:
+    """The result of ``request`` whose read raised ``exc``."""
+    code = exc.code if isinstance(exc, DeviceException) else None
+    return RequestResult(
+        request, error=exc.reason, failure=exc.failure, exception_code=code, detail=exc.message
+    )
 
 
 def read_plan(link: ReadLink, plan: Sequence[ReadRequest]) -> list[RequestResult]:

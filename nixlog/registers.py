@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Final
 
 from nixlog.config import (
@@ -247,6 +247,89 @@ def decode(register: RegisterConfig, words: Words) -> Value:
     return apply_scale(raw, register.scale, register.offset)
 
 
+Decoder = Callable[[Words], Value]
+"""``decode`` of one register, with all that depends on the register alone worked out once."""
+
+_WORD_ORDER: Final = {
+    # byte order -> (words reversed, struct byte order of each word); the bytes packed
+    # this way are the value's bytes in ABCD order, the same as ``_to_abcd`` gives.
+    "ABCD": (False, ">"),
+    "CDAB": (True, ">"),
+    "BADC": (False, "<"),
+    "DCBA": (True, "<"),
+}
+
+
+def compile_decoder(register: RegisterConfig) -> Decoder:
+    """``decode(register, words)`` for the poll path, specialised once per register.
+
+    Returns exactly what ``decode`` returns for every ``words``. The checks and table look-ups
+    that depend on the register alone (kind, type, byte order, scale) are done here, once;
+    what depends on the words is left. Words the fast path cannot take (a wrong count, a word
+    out of range, not an integer) go to ``decode`` itself, which raises its own ``ValueError``.
+    Strings and combinations ``decode`` refuses always go there.
+    """
+
+    def generic(words: Words) -> Value:
+        return decode(register, words)
+
+    if register.kind in BIT_KINDS:
+
+        def bit_value(words: Words) -> Value:
+            if len(words) != 1:
+                return decode(register, words)
+            return bool(words[0])
+
+        return bit_value
+    if register.type == "bool":
+        shift = register.bit
+        assert shift is not None
+
+        def flag(words: Words) -> Value:
+            if len(words) == 1 and type(word := words[0]) is int and 0 <= word <= 0xFFFF:
+                return bool((word >> shift) & 1)
+            return decode(register, words)
+
+        return flag
+    value_type, byte_order = register.type, register.byte_order
+    fmt = _STRUCT_FORMATS.get(value_type)
+    order = _WORD_ORDER.get(byte_order)
+    if fmt is None or order is None:
+        return generic  # a string, or something decode refuses with its own message
+    if value_type in ("int16", "uint16") and byte_order not in ("ABCD", "BADC"):
+        return generic
+    reverse, endian = order
+    # Packing the words checks their count and range too: struct.error sends them to decode.
+    pack = struct.Struct(f"{endian}{REGISTERS_PER_TYPE[value_type]}H").pack
+    unpack = struct.Struct(fmt).unpack
+    shortest = value_type == "float32"
+    scale, offset = register.scale, register.offset
+    # apply_scale's branches, chosen once: the value type fixes whether the raw value is an int.
+    integer = value_type in _INTEGER_TYPES
+    whole = integer and _is_whole(scale) and _is_whole(offset)  # integers stay integers
+    int_scale, int_offset = (int(scale), int(offset)) if whole else (1, 0)
+    digits = _decimals(scale, offset) if integer and not whole else 0
+    unscaled = scale == 1.0 and offset == 0.0
+
+    def number(words: Words) -> Value:
+        try:
+            data = pack(*(reversed(words) if reverse else words))
+        except struct.error:
+            return decode(register, words)
+        raw: int | float = unpack(data)[0]
+        if shortest:
+            raw = shortest_float32(raw)
+        if whole:
+            return raw * int_scale + int_offset
+        if integer:
+            return round(raw * scale + offset, digits)
+        if unscaled:
+            return raw
+        return raw * scale + offset
+
+    return number
+
+
 def encode(register: RegisterConfig, value: Value) -> list[int] | list[bool]:
     """Encode a value into this register's raw words or bits; the inverse of ``decode``.
 
@@ -314,6 +397,22 @@ class ReadRequest:
         for register in self.registers:
             used.update(range(register.address, register.end))
         return self.count - len(used)
+
+    @cached_property
+    def decoders(self) -> tuple[tuple[str, int, int, Decoder], ...]:
+        """Per register: its name, its slice of the values read, and its decoder.
+
+        Worked out on first use and kept: a planned request is read every poll cycle.
+        """
+        return tuple(
+            (
+                register.name,
+                register.address - self.start,
+                register.address - self.start + register.count,
+                compile_decoder(register),
+            )
+            for register in self.registers
+        )
 
     def slice_for(self, register: RegisterConfig, values: Words) -> Words:
         """The part of this request's raw ``values`` that belongs to ``register``."""

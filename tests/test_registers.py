@@ -10,11 +10,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nixlog.config import BYTE_ORDERS, RegisterConfig, load_config
+from nixlog.config import BYTE_ORDERS, VALUE_TYPES, RegisterConfig, load_config
+from nixlog.model import Value
 from nixlog.registers import (
     DEFAULT_MAX_GAP,
+    Decoder,
     ReadRequest,
     apply_scale,
+    compile_decoder,
     decode,
     decode_words,
     encode,
@@ -194,6 +197,90 @@ def test_decode_refuses_wrong_word_count() -> None:
         decode_words("float32", "ABCD", [1])
     with pytest.raises(ValueError, match="out of range"):
         decode_words("uint16", "ABCD", [70000])
+
+
+def _outcome(decoder: Decoder, words: list[int] | list[bool]) -> tuple[str, str]:
+    """What a decoder made of ``words``: the value (type and exact repr) or the error text."""
+    try:
+        value: Value = decoder(words)
+    except ValueError as exc:
+        return "error", str(exc)
+    return type(value).__name__, repr(value)
+
+
+def _words_for(register: RegisterConfig) -> st.SearchStrategy[list[int] | list[bool]]:
+    """Words for ``register``: mostly a checked answer's, also the wrong count, range or type."""
+    size = register.count
+    return st.one_of(
+        st.lists(st.integers(0, 0xFFFF), min_size=size, max_size=size),
+        st.lists(st.integers(0, 0xFFFF), max_size=5),
+        st.lists(st.integers(-2, 0x10001), min_size=size, max_size=size),
+        st.lists(st.booleans(), min_size=size, max_size=size),
+    )
+
+
+# 16-bit types and strings in CDAB/DCBA too: decode refuses them, and so must the decoder.
+ALL_SHAPES = [(value_type, order) for value_type in VALUE_TYPES for order in BYTE_ORDERS]
+
+
+@pytest.mark.parametrize(("value_type", "order"), ALL_SHAPES)
+@given(
+    scale=st.sampled_from([1.0, 2.0, 0.1, 0.01, 0.001, 0.5, -1.0]),
+    offset=st.sampled_from([0.0, 3.0, -40.0, 273.15]),
+    bit=st.integers(0, 15),
+    data=st.data(),
+)
+def test_compiled_decoder_is_decode(
+    value_type: str, order: str, scale: float, offset: float, bit: int, data: st.DataObject
+) -> None:
+    """The poll path's decoder of a register gives exactly what decode gives, errors too."""
+    register = RegisterConfig(
+        "r",
+        0,
+        kind=data.draw(st.sampled_from(("holding", "input"))),
+        type=value_type,
+        byte_order=order,
+        scale=scale,
+        offset=offset,
+        length=2 if value_type == "string" else None,
+        bit=bit if value_type == "bool" else None,
+    )
+    words = data.draw(_words_for(register))
+    assert _outcome(compile_decoder(register), words) == _outcome(
+        lambda w: decode(register, w), words
+    )
+
+
+@pytest.mark.parametrize("kind", ["coil", "discrete"])
+@given(
+    words=st.one_of(st.lists(st.booleans(), max_size=2), st.lists(st.integers(0, 2), max_size=2))
+)
+def test_compiled_bit_decoder_is_decode(kind: str, words: list[int] | list[bool]) -> None:
+    """Coils and discrete inputs too: one bit, or the same error as decode."""
+    register = RegisterConfig("b", 0, kind=kind, type="bool")
+    assert _outcome(compile_decoder(register), words) == _outcome(
+        lambda w: decode(register, w), words
+    )
+
+
+@given(words=st.lists(st.integers(0, 0xFFFF), min_size=2, max_size=2), order=WIDE_ORDERS)
+def test_compiled_float_decoder_keeps_nan_and_shortest(words: list[int], order: str) -> None:
+    """Every float32 bit pattern (NaN, inf, denormals) decodes as decode does."""
+    register = RegisterConfig("f", 0, type="float32", byte_order=order)
+    assert _outcome(compile_decoder(register), words) == _outcome(
+        lambda w: decode(register, w), words
+    )
+
+
+def test_request_decoders_take_each_registers_slice() -> None:
+    """A planned request's decoders name its registers and cut the same slices as slice_for."""
+    plan = plan_requests(EXAMPLE_REGISTERS)
+    for request in plan:
+        raw = list(range(request.count))
+        assert [(name, raw[first:end]) for name, first, end, _ in request.decoders] == [
+            (register.name, request.slice_for(register, raw)) for register in request.registers
+        ]
+        assert request.decoders is request.decoders  # built once, on first use
 
 
 # --------------------------------------------------------------------------- planning
