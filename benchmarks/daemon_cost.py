@@ -31,8 +31,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.rig import (
-    EXAMPLE_CONFIG,
     ProcSample,
+    example_config,
     nixlog_env,
     sample_process,
     simulator_process,
@@ -96,20 +96,17 @@ def write_config(
     directory: Path, modbus_port: str, endpoint: str, poll_rate_hz: float = 10.0
 ) -> Path:
     """The example config with only the site-specific lines changed (same map, batch)."""
-    text = EXAMPLE_CONFIG.read_text(encoding="utf-8")
-    replacements = {
-        '# id = "plant7-logger"': 'id = "bench-logger"',
-        'path = "/var/lib/nixlog/datalog.db"': f'path = "{directory / "datalog.db"}"',
-        'port = "/dev/ttyUSB0"': f'port = "{modbus_port}"',
-        'endpoint = "https://api.example.com/v1/data"': f'endpoint = "{endpoint}"',
-        'api_key = "replace-me"': f'api_key = "{KEY}"',
-        "publish_interval_sec = 60": f"publish_interval_sec = {PUBLISH_INTERVAL_SEC}",
-        "poll_rate_hz = 10\n": f"poll_rate_hz = {poll_rate_hz:g}\n",
-    }
-    for old, new in replacements.items():
-        if text.count(old) != 1:
-            raise RuntimeError(f"examples/config.toml changed: cannot find {old!r} once")
-        text = text.replace(old, new)
+    text = example_config(
+        {
+            '# id = "plant7-logger"': 'id = "bench-logger"',
+            'path = "/var/lib/nixlog/datalog.db"': f'path = "{directory / "datalog.db"}"',
+            'port = "/dev/ttyUSB0"': f'port = "{modbus_port}"',
+            'endpoint = "https://api.example.com/v1/data"': f'endpoint = "{endpoint}"',
+            'api_key = "replace-me"': f'api_key = "{KEY}"',
+            "publish_interval_sec = 60": f"publish_interval_sec = {PUBLISH_INTERVAL_SEC}",
+            "poll_rate_hz = 10\n": f"poll_rate_hz = {poll_rate_hz:g}\n",
+        }
+    )
     path = directory / "config.toml"
     path.write_text(text, encoding="utf-8")
     path.chmod(0o600)  # it holds an API key: nixlog warns about a world-readable one

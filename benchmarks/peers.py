@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.daemon_cost import daemon_command
 from benchmarks.report import machine
-from benchmarks.rig import CLOCK_TICKS, EXAMPLE_CONFIG, REPO, free_port, nixlog_env
+from benchmarks.rig import CLOCK_TICKS, REPO, example_config, free_port, nixlog_env
 from benchmarks.rig import simulator_process as start_simulator
 from nixlog import __version__ as NIXLOG_VERSION
 from nixlog.config import RegisterConfig, parse_tcp_address
@@ -338,17 +338,14 @@ NIXLOG_TOPIC = "nixlog/bench-logger/readings"
 def nixlog_config(modbus_address: str, broker_port: int, database: Path) -> str:
     """The example config with the site lines changed and ``[api]`` replaced by ``[mqtt]``
     (the peers ship to MQTT only; batching and intervals stay the example's and the defaults)."""
-    text = EXAMPLE_CONFIG.read_text(encoding="utf-8")
-    replacements = {
-        '# id = "plant7-logger"': 'id = "bench-logger"',
-        'path = "/var/lib/nixlog/datalog.db"': f'path = "{database}"',
-        'port = "/dev/ttyUSB0"': f'port = "{modbus_address}"',
-        "poll_rate_hz = 10\n": f"poll_rate_hz = {POLL_RATE_HZ:g}\n",
-    }
-    for old, new in replacements.items():
-        if text.count(old) != 1:
-            raise RuntimeError(f"examples/config.toml changed: cannot find {old!r} once")
-        text = text.replace(old, new)
+    text = example_config(
+        {
+            '# id = "plant7-logger"': 'id = "bench-logger"',
+            'path = "/var/lib/nixlog/datalog.db"': f'path = "{database}"',
+            'port = "/dev/ttyUSB0"': f'port = "{modbus_address}"',
+            "poll_rate_hz = 10\n": f"poll_rate_hz = {POLL_RATE_HZ:g}\n",
+        }
+    )
     head, api, _ = text.partition("\n[api]\n")
     if not api:
         raise RuntimeError("examples/config.toml changed: no [api] section")

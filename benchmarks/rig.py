@@ -19,6 +19,22 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE_CONFIG = REPO / "examples" / "config.toml"
+
+
+def example_config(replacements: dict[str, str]) -> str:
+    """The example config's text with each ``old`` line part replaced by ``new``, once each.
+
+    Only the site-specific lines change, so every benchmark measures the same map and batch;
+    a replacement that no longer matches exactly once is an error, not a silent drift.
+    """
+    text = EXAMPLE_CONFIG.read_text(encoding="utf-8")
+    for old, new in replacements.items():
+        if text.count(old) != 1:
+            raise RuntimeError(f"examples/config.toml changed: cannot find {old!r} once")
+        text = text.replace(old, new)
+    return text
+
+
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 

@@ -27,7 +27,7 @@ from rich.table import Table
 from typer.core import TyperCommand, TyperGroup
 
 from nixlog import __version__
-from nixlog.config import Config, load_config, resolve_config_path
+from nixlog.config import Config, ModbusConfig, load_config, resolve_config_path
 from nixlog.console import error_line, format_size, setup_logging, silence_stdout
 from nixlog.errors import EXIT_INTERRUPTED, EXIT_USAGE, NixlogError
 
@@ -184,6 +184,12 @@ PortOption = Annotated[
 BaudrateOption = Annotated[int | None, typer.Option("--baudrate", help="Serial speed.")]
 ParityOption = Annotated[str | None, typer.Option("--parity", help="N, E or O.")]
 StopbitsOption = Annotated[int | None, typer.Option("--stopbits", help="1 or 2.")]
+TimeoutOption = Annotated[
+    float | None, typer.Option("--timeout", help="Seconds to wait for an answer.")
+]
+# What `read` and `write` address on the device.
+UnitOption = Annotated[int, typer.Option("--unit", "-a", help="Unit id (slave address).")]
+ByteOrderOption = Annotated[str, typer.Option("--byte-order", help="ABCD, CDAB, BADC or DCBA.")]
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -1225,7 +1231,7 @@ def _read_block(result: Any) -> Group:
 def read(
     config: ConfigOption = None,
     port: PortOption = None,
-    unit: Annotated[int, typer.Option("--unit", "-a", help="Unit id (slave address).")] = 1,
+    unit: UnitOption = 1,
     kind: Annotated[
         str, typer.Option("--kind", help="holding, input, coil or discrete.")
     ] = "holding",
@@ -1240,9 +1246,7 @@ def read(
         str,
         typer.Option("--type", help="uint16, int16, uint32, int32, float32, *64, string."),
     ] = "uint16",
-    byte_order: Annotated[
-        str, typer.Option("--byte-order", help="ABCD, CDAB, BADC or DCBA.")
-    ] = "ABCD",
+    byte_order: ByteOrderOption = "ABCD",
     scale: Annotated[float, typer.Option("--scale", help="Multiply numbers by this.")] = 1.0,
     watch: Annotated[
         bool, typer.Option("--watch", "-w", help="Read again every --interval until Ctrl-C.")
@@ -1256,9 +1260,7 @@ def read(
     baudrate: BaudrateOption = None,
     parity: ParityOption = None,
     stopbits: StopbitsOption = None,
-    timeout: Annotated[
-        float | None, typer.Option("--timeout", help="Seconds to wait for an answer.")
-    ] = None,
+    timeout: TimeoutOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Read registers once (or --watch) without a config: the technician's first look."""
@@ -1271,10 +1273,7 @@ def read(
     from nixlog.modbus_client import create_client
 
     spec = adhoc.check_spec(unit, kind, address, count, value_type, byte_order, scale)
-    base = _load(config).modbus if config is not None else None
-    modbus = adhoc.link_settings(
-        base, port=port, baudrate=baudrate, parity=parity, stopbits=stopbits, timeout=timeout
-    )
+    modbus = _adhoc_line(config, port, baudrate, parity, stopbits, timeout)
     link = create_client(modbus)
     stdout = _console()
     repeat = watch or cycles is not None
@@ -1305,11 +1304,28 @@ def read(
         raise error
 
 
+def _adhoc_line(
+    config: Path | None,
+    port: str | None,
+    baudrate: int | None,
+    parity: str | None,
+    stopbits: int | None,
+    timeout: float | None,
+) -> ModbusConfig:
+    """The line `read` or `write` talks on: the config's (with -c), then each option given."""
+    from nixlog import adhoc
+
+    base = _load(config).modbus if config is not None else None
+    return adhoc.link_settings(
+        base, port=port, baudrate=baudrate, parity=parity, stopbits=stopbits, timeout=timeout
+    )
+
+
 @_command(app, "write")
 def write(
     config: ConfigOption = None,
     port: PortOption = None,
-    unit: Annotated[int, typer.Option("--unit", "-a", help="Unit id (slave address).")] = 1,
+    unit: UnitOption = 1,
     kind: Annotated[str, typer.Option("--kind", help="holding or coil.")] = "holding",
     address: Annotated[
         int, typer.Option("--address", "-r", min=0, max=65535, help="Address (0-based).")
@@ -1321,18 +1337,14 @@ def write(
     value_type: Annotated[
         str, typer.Option("--type", help="uint16, int16, uint32, int32, float32, *64.")
     ] = "uint16",
-    byte_order: Annotated[
-        str, typer.Option("--byte-order", help="ABCD, CDAB, BADC or DCBA.")
-    ] = "ABCD",
+    byte_order: ByteOrderOption = "ABCD",
     yes: Annotated[
         bool, typer.Option("--yes", help="Really write (required: a write acts on the plant).")
     ] = False,
     baudrate: BaudrateOption = None,
     parity: ParityOption = None,
     stopbits: StopbitsOption = None,
-    timeout: Annotated[
-        float | None, typer.Option("--timeout", help="Seconds to wait for an answer.")
-    ] = None,
+    timeout: TimeoutOption = None,
 ) -> None:
     """Write one holding register (or one 32/64-bit value) or one coil; needs --yes."""
     from nixlog import adhoc
@@ -1342,10 +1354,7 @@ def write(
     if not value:
         raise UsageError("--value: give the value to write")
     spec = adhoc.check_write(unit, kind, address, value, value_type, byte_order)
-    base = _load(config).modbus if config is not None else None
-    modbus = adhoc.link_settings(
-        base, port=port, baudrate=baudrate, parity=parity, stopbits=stopbits, timeout=timeout
-    )
+    modbus = _adhoc_line(config, port, baudrate, parity, stopbits, timeout)
     where = f"unit {spec.unit_id} {spec.kind} {spec.address}"
     if not yes:
         raise UsageError(
