@@ -104,7 +104,10 @@ class Accounting:
 
 
 def account(
-    db_path: Path, receiver: ScriptedReceiver | None, device_id: str = DEVICE_ID
+    db_path: Path,
+    receiver: ScriptedReceiver | None,
+    device_id: str = DEVICE_ID,
+    seen_before: set[str] | None = None,
 ) -> Accounting:
     """Check the database against the receiver and return the books.
 
@@ -114,7 +117,14 @@ def account(
     that an id lost with the WAL is never issued again); everything below that run was
     pruned AND counted in ``meta``; every delivered id is one the database issued, carrying
     this database's epoch.
+
+    With a daemon still running, the receiver is read twice: before the database (``seen_before``,
+    taken by the caller when the database is a snapshot it made) and after. Only the ids it had
+    before must have been issued by the time of the database read; one delivered in between
+    may be newer than that read. Rows marked sent are checked against the later reading.
     """
+    if seen_before is None and receiver is not None:
+        seen_before = set(receiver.seen_ids())
     conn = sqlite3.connect(db_path, timeout=5, isolation_level=None)
     try:
         # One read transaction, so one snapshot while the daemon goes on writing.
@@ -173,6 +183,8 @@ def account(
         for rid in receiver.seen_ids():
             assert rid.startswith(prefix), f"{rid} does not carry this database's epoch"
             number = int(rid[len(prefix) :])
+            if rid not in (seen_before or ()) and number > highest:
+                continue  # stored and delivered after the database was read
             assert 1 <= number <= highest and not was_skipped(number), f"{rid} was never issued"
             delivered_ids.add(number)
         duplicates = receiver.stats.duplicates

@@ -117,8 +117,9 @@ class Books:
         self.copy = tmp_path / "snapshot.db"
 
     def read(self, receiver: ScriptedReceiver | None) -> Accounting:
-        """Snapshot, then ``account``."""
-        return account(self.disk.snapshot(self.db, self.copy), receiver)
+        """Snapshot, then ``account`` (the receiver's ids read before the snapshot, too)."""
+        seen_before = set(receiver.seen_ids()) if receiver is not None else None
+        return account(self.disk.snapshot(self.db, self.copy), receiver, seen_before=seen_before)
 
     def stored(self) -> int:
         """The highest id issued so far."""
