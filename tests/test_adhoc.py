@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import shlex
 import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from nixlog.cli import app
 from nixlog.config import RegisterConfig
@@ -21,6 +22,13 @@ runner = CliRunner()
 def _clean(result: object) -> None:
     output = getattr(result, "stdout", "") + getattr(result, "stderr", "")
     assert "Traceback" not in output
+
+
+def nixlog(command: str) -> Result:
+    """``nixlog COMMAND`` as a technician types it, through the CLI runner; never a traceback."""
+    result = runner.invoke(app, shlex.split(command))
+    _clean(result)
+    return result
 
 
 def _free_port() -> int:
@@ -38,23 +46,9 @@ def _writable(start: Callable[..., SimulatorServer]) -> SimulatorServer:
 
 def test_read_float_without_config(tcp_simulator: SimulatorServer) -> None:
     """`read --type float32 --count 3` decodes three voltages with raw words, exit 0."""
-    result = runner.invoke(
-        app,
-        [
-            "read",
-            "--port",
-            tcp_simulator.address,
-            "--kind",
-            "input",
-            "--address",
-            "0",
-            "--count",
-            "3",
-            "--type",
-            "float32",
-        ],
+    result = nixlog(
+        f"read --port {tcp_simulator.address} --kind input --address 0 --count 3 --type float32"
     )
-    _clean(result)
     assert result.exit_code == 0, result.stderr
     assert "230.5" in result.stdout and "231.1" in result.stdout and "229.75" in result.stdout
     assert "0x4366 0x8000" in result.stdout  # 230.5 as ABCD words
@@ -63,40 +57,15 @@ def test_read_float_without_config(tcp_simulator: SimulatorServer) -> None:
 
 def test_read_json_byte_order_and_scale(tcp_simulator: SimulatorServer) -> None:
     """--json gives one record; CDAB int32 reads -1234 and --scale applies to uint16."""
-    result = runner.invoke(
-        app,
-        [
-            "read",
-            "--port",
-            tcp_simulator.address,
-            "--kind",
-            "input",
-            "--address",
-            "12",
-            "--type",
-            "int32",
-            "--byte-order",
-            "CDAB",
-            "--json",
-        ],
+    result = nixlog(
+        f"read --port {tcp_simulator.address} --kind input --address 12 --type int32 "
+        "--byte-order CDAB --json"
     )
     assert result.exit_code == 0, result.stderr
     record = json.loads(result.stdout)
     assert record["values"][0]["value"] == -1234 and record["byte_order"] == "CDAB"
-    scaled = runner.invoke(
-        app,
-        [
-            "read",
-            "--port",
-            tcp_simulator.address,
-            "--kind",
-            "input",
-            "--address",
-            "20",
-            "--scale",
-            "0.01",
-            "--json",
-        ],
+    scaled = nixlog(
+        f"read --port {tcp_simulator.address} --kind input --address 20 --scale 0.01 --json"
     )
     assert json.loads(scaled.stdout)["values"][0]["value"] == 50.01
 
@@ -108,33 +77,18 @@ def test_read_string_and_coil(start_simulator: Callable[..., SimulatorServer]) -
         RegisterConfig("breaker", 3, kind="coil", type="bool"),
     )
     sim = start_simulator(pinned_context(registers, {"model": "PM-12", "breaker": True}))
-    text = runner.invoke(
-        app, ["read", "--port", sim.address, "-r", "40", "--count", "4", "--type", "string"]
-    )
+    text = nixlog(f"read --port {sim.address} -r 40 --count 4 --type string")
     assert text.exit_code == 0, text.stderr
     assert "PM-12" in text.stdout
-    coil = runner.invoke(app, ["read", "--port", sim.address, "--kind", "coil", "-r", "3"])
+    coil = nixlog(f"read --port {sim.address} --kind coil -r 3")
     assert coil.exit_code == 0, coil.stderr
     assert "3" in coil.stdout and "true" in coil.stdout
 
 
 def test_read_watch_prints_one_block_per_cycle(tcp_simulator: SimulatorServer) -> None:
     """--cycles 3 off a terminal prints three blocks (three timestamps), not only the last."""
-    result = runner.invoke(
-        app,
-        [
-            "read",
-            "--port",
-            tcp_simulator.address,
-            "--kind",
-            "input",
-            "-r",
-            "20",
-            "--cycles",
-            "3",
-            "--interval",
-            "0.05",
-        ],
+    result = nixlog(
+        f"read --port {tcp_simulator.address} --kind input -r 20 --cycles 3 --interval 0.05"
     )
     assert result.exit_code == 0, result.stderr
     assert result.stdout.count("unit 1 input uint16 ABCD") == 3
@@ -143,8 +97,7 @@ def test_read_watch_prints_one_block_per_cycle(tcp_simulator: SimulatorServer) -
 
 def test_read_exception_is_exit_1(tcp_simulator: SimulatorServer) -> None:
     """An address the device refuses: exit 1 and one Error line naming the exception."""
-    result = runner.invoke(app, ["read", "--port", tcp_simulator.address, "-r", "900"])
-    _clean(result)
+    result = nixlog(f"read --port {tcp_simulator.address} -r 900")
     assert result.exit_code == 1
     assert result.stderr.strip() == (
         "Error: unit 1 holding 900: exception 2 (illegal data address)"
@@ -153,10 +106,7 @@ def test_read_exception_is_exit_1(tcp_simulator: SimulatorServer) -> None:
 
 def test_read_silent_unit_is_exit_69(tcp_simulator: SimulatorServer) -> None:
     """A unit that never answers: exit 69 with the timeout and tries, like `poll`."""
-    result = runner.invoke(
-        app, ["read", "--port", tcp_simulator.address, "--unit", "9", "--timeout", "0.2"]
-    )
-    _clean(result)
+    result = nixlog(f"read --port {tcp_simulator.address} --unit 9 --timeout 0.2")
     assert result.exit_code == 69
     assert "no answer from unit 9" in result.stderr
     assert "timeout (0.2 s × 2 tries)" in result.stderr
@@ -165,8 +115,7 @@ def test_read_silent_unit_is_exit_69(tcp_simulator: SimulatorServer) -> None:
 def test_read_refused_port_is_exit_69() -> None:
     """Nothing listening: exit 69, one line naming the address."""
     port = _free_port()
-    result = runner.invoke(app, ["read", "--port", f"tcp://127.0.0.1:{port}"])
-    _clean(result)
+    result = nixlog(f"read --port tcp://127.0.0.1:{port}")
     assert result.exit_code == 69
     assert result.stderr.startswith("Error: cannot connect to tcp://127.0.0.1:")
     assert result.stderr.count("\n") == 1
@@ -195,8 +144,7 @@ def test_write_refuses_without_yes(start_simulator: Callable[..., SimulatorServe
     """Without --yes nothing is sent: exit 2, the line says what would be written."""
     sim = _writable(start_simulator)
     before = sim.context.request_count()
-    result = runner.invoke(app, ["write", "--port", sim.address, "-r", "111", "--value", "7"])
-    _clean(result)
+    result = nixlog(f"write --port {sim.address} -r 111 --value 7")
     assert result.exit_code == 2
     assert "add --yes" in result.stderr and "unit 1 holding 111" in result.stderr
     assert sim.context.request_count() == before
@@ -205,10 +153,7 @@ def test_write_refuses_without_yes(start_simulator: Callable[..., SimulatorServe
 def test_write_register_and_read_back(start_simulator: Callable[..., SimulatorServer]) -> None:
     """--yes writes one register (FC 6) and prints the value read back; read sees it too."""
     sim = _writable(start_simulator)
-    result = runner.invoke(
-        app, ["write", "--port", sim.address, "-r", "111", "--value", "7", "--yes"]
-    )
-    _clean(result)
+    result = nixlog(f"write --port {sim.address} -r 111 --value 7 --yes")
     assert result.exit_code == 0, result.stderr
     assert result.stdout.strip() == "Wrote 7 to unit 1 holding 111; reads back 7."
     assert (1, 6, 111, 1) in sim.context.requests
@@ -217,46 +162,25 @@ def test_write_register_and_read_back(start_simulator: Callable[..., SimulatorSe
 def test_write_float_and_coil(start_simulator: Callable[..., SimulatorServer]) -> None:
     """A float32 goes out as one FC 16 of two words; a coil as FC 5, and both read back."""
     sim = _writable(start_simulator)
-    result = runner.invoke(
-        app,
-        [
-            "write",
-            "--port",
-            sim.address,
-            "-r",
-            "100",
-            "--type",
-            "float32",
-            "--value",
-            "21.5",
-            "--yes",
-        ],
-    )
+    result = nixlog(f"write --port {sim.address} -r 100 --type float32 --value 21.5 --yes")
     assert result.exit_code == 0, result.stderr
     assert "reads back 21.5" in result.stdout
     assert (1, 16, 100, 2) in sim.context.requests
-    coil = runner.invoke(
-        app, ["write", "--port", sim.address, "--kind", "coil", "--value", "off", "--yes"]
-    )
+    coil = nixlog(f"write --port {sim.address} --kind coil --value off --yes")
     assert coil.exit_code == 0, coil.stderr
     assert "reads back false" in coil.stdout
 
 
 def test_write_refused_by_device(tcp_simulator: SimulatorServer) -> None:
     """A read-only device answers exception 1: exit 1, the line says it refused the write."""
-    result = runner.invoke(
-        app, ["write", "--port", tcp_simulator.address, "-r", "111", "--value", "1", "--yes"]
-    )
-    _clean(result)
+    result = nixlog(f"write --port {tcp_simulator.address} -r 111 --value 1 --yes")
     assert result.exit_code == 1
     assert "refused the write: exception 1 (illegal function)" in result.stderr
 
 
 def test_write_input_register_is_a_usage_error() -> None:
     """Input registers cannot be written: exit 2 before anything is sent."""
-    result = runner.invoke(
-        app, ["write", "--port", "tcp://127.0.0.1:1", "--kind", "input", "--value", "1", "--yes"]
-    )
+    result = nixlog("write --port tcp://127.0.0.1:1 --kind input --value 1 --yes")
     assert result.exit_code == 2
     assert "only holding registers and coils" in result.stderr
 
@@ -268,12 +192,9 @@ def test_read_and_write_over_rtu(
     server_end, client_end = pty_pair
     context = build_simulator_context(EXAMPLE_REGISTERS, writable=True)
     start_simulator(context, port=server_end)
-    wrote = runner.invoke(
-        app,
-        ["write", "--port", client_end, "-r", "110", "--value", "-5", "--type", "int16", "--yes"],
-    )
+    wrote = nixlog(f"write --port {client_end} -r 110 --value -5 --type int16 --yes")
     assert wrote.exit_code == 0, wrote.stderr
-    read = runner.invoke(app, ["read", "--port", client_end, "-r", "110", "--type", "int16"])
+    read = nixlog(f"read --port {client_end} -r 110 --type int16")
     assert read.exit_code == 0, read.stderr
     assert "0xFFFB" in read.stdout and "-5" in read.stdout
 
@@ -382,10 +303,7 @@ def test_identify_on_a_device_without_it(raw_meter: RawTcpDevice, tmp_path: Path
 def test_write_with_a_wrong_echo_is_not_confirmed(raw_meter: RawTcpDevice) -> None:
     """An answer that does not echo the write: exit 69, "may or may not have been done",
     and the write was sent once (never retried)."""
-    result = runner.invoke(
-        app, ["write", "--port", raw_meter.address, "-r", "5", "--value", "9", "--yes"]
-    )
-    _clean(result)
+    result = nixlog(f"write --port {raw_meter.address} -r 5 --value 9 --yes")
     assert result.exit_code == 69
     assert "write not confirmed (write answer does not echo the request)" in result.stderr
     assert "may or may not have been done" in result.stderr
