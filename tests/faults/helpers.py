@@ -389,6 +389,10 @@ class CommandDaemon(DaemonProcess):
         )
 
 
+TMPFS = "24m"
+"""The small disk's size: room for the 1 MB floor + the pruner's 16 MB headroom + some data."""
+
+
 class SmallDisk:
     """A private mount namespace holding a ``size``-byte tmpfs over ``directory``.
 

@@ -13,10 +13,9 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-
-import pytest
 
 from nixlog import database
 from nixlog.core import utc_timestamp
@@ -25,34 +24,19 @@ from nixlog.simulator import SimulatorServer
 from tests.daemon_helpers import DaemonProcess, daemon_config, wait_until
 from tests.faults.helpers import (
     DEVICE_ID,
+    TMPFS,
     Accounting,
     CommandDaemon,
     SmallDisk,
     account,
     assert_all_settled,
-    namespaces_work,
     read_meta,
     report,
 )
 from tests.fixtures_modbus import EXAMPLE_PINNED
 from tests.receiver import ScriptedReceiver, Step
 
-TMPFS = "24m"
-"""Room for the 1 MB floor + the pruner's fixed 16 MB headroom + some data."""
 FLOOR_GB = 0.001
-
-
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[SmallDisk]:
-    """A 24 MiB tmpfs over tmp_path/disk, in a mount namespace of its own."""
-    why = namespaces_work()
-    if why is not None:
-        pytest.skip(f"no mount namespaces here: {why}")
-    disk = SmallDisk(tmp_path / "disk", TMPFS)
-    try:
-        yield disk
-    finally:
-        disk.close()
 
 
 def fill(path: Path) -> int:
@@ -181,6 +165,35 @@ def test_nearly_full_disk_prunes_oldest_sent_first(
     )
 
 
+@dataclass(frozen=True)
+class FullDisk:
+    """A daemon storing on the small disk, after someone else filled it to the last byte."""
+
+    config: Path
+    books: Books
+    daemon: CommandDaemon
+    ballast: Path
+    filled: int  # bytes of ballast written
+
+
+def fill_under_a_running_daemon(
+    tmp_path: Path,
+    small_disk: SmallDisk,
+    tcp_simulator: SimulatorServer,
+    receiver: ScriptedReceiver,
+    processes: list[DaemonProcess],
+) -> FullDisk:
+    """Start the daemon, let it deliver, fill the disk, and wait for its first failed write."""
+    config = disk_config(tmp_path, small_disk.directory, tcp_simulator, receiver.url)
+    daemon = CommandDaemon(config, prefix=small_disk.enter)
+    processes.append(daemon)
+    wait_until(lambda: receiver.stats.unique >= 100, 20, "the first deliveries", daemon)
+    ballast = small_disk.inside(small_disk.directory / "ballast")
+    filled = fill(ballast)
+    wait_until(lambda: "cannot write" in daemon.log, 20, "a failed write", daemon)
+    return FullDisk(config, Books(small_disk, tmp_path), daemon, ballast, filled)
+
+
 def test_full_disk_makes_room_and_keeps_storing(
     tmp_path: Path,
     small_disk: SmallDisk,
@@ -189,13 +202,8 @@ def test_full_disk_makes_room_and_keeps_storing(
     processes: list[DaemonProcess],
 ) -> None:
     """Disk filled to the last byte by someone else: the pruner frees room, storing goes on."""
-    config = disk_config(tmp_path, small_disk.directory, tcp_simulator, receiver.url)
-    books = Books(small_disk, tmp_path)
-    daemon = CommandDaemon(config, prefix=small_disk.enter)
-    processes.append(daemon)
-    wait_until(lambda: receiver.stats.unique >= 100, 20, "the first deliveries", daemon)
-    fill(small_disk.inside(small_disk.directory / "ballast"))
-    wait_until(lambda: "cannot write" in daemon.log, 20, "a failed write", daemon)
+    full = fill_under_a_running_daemon(tmp_path, small_disk, tcp_simulator, receiver, processes)
+    books, daemon = full.books, full.daemon
     top = books.stored()
     # Within a few seconds the oldest (sent) readings make room and batches are stored again.
     wait_until(lambda: books.stored() >= top + 50, 4, "batches stored again", daemon)
@@ -210,14 +218,8 @@ def test_full_disk_for_a_while_loses_nothing(
     processes: list[DaemonProcess],
 ) -> None:
     """Full for 3 s, then freed: polling never stopped, the held bin is written, no corruption."""
-    config = disk_config(tmp_path, small_disk.directory, tcp_simulator, receiver.url)
-    books = Books(small_disk, tmp_path)
-    daemon = CommandDaemon(config, prefix=small_disk.enter)
-    processes.append(daemon)
-    wait_until(lambda: receiver.stats.unique >= 100, 20, "the first deliveries", daemon)
-    ballast = small_disk.inside(small_disk.directory / "ballast")
-    filled = fill(ballast)
-    wait_until(lambda: "cannot write" in daemon.log, 20, "a failed write", daemon)
+    full = fill_under_a_running_daemon(tmp_path, small_disk, tcp_simulator, receiver, processes)
+    config, books, daemon, ballast = full.config, full.books, full.daemon, full.ballast
     requests = tcp_simulator.context.request_count()
     time.sleep(3.0)
     assert tcp_simulator.context.request_count() > requests + 100, "polling stopped"
@@ -234,8 +236,8 @@ def test_full_disk_for_a_while_loses_nothing(
     polled, stored = _stopped(daemon.log)
     assert polled == stored, "readings polled while the disk was full never reached the database"
     report(
-        f"full disk for 3 s ({filled / 1e6:.1f} MB ballast): polled {polled}, stored {stored}; "
-        f"{final.line()}"
+        f"full disk for 3 s ({full.filled / 1e6:.1f} MB ballast): polled {polled}, "
+        f"stored {stored}; {final.line()}"
     )
 
 

@@ -11,29 +11,13 @@ import json
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from nixlog.simulator import SimulatorServer
 from tests.daemon_helpers import DaemonProcess, wait_until
-from tests.faults.helpers import CommandDaemon, SmallDisk, namespaces_work, read_meta, report
-from tests.faults.test_disk_full import TMPFS, Books, disk_config, fill
+from tests.faults.helpers import CommandDaemon, SmallDisk, read_meta, report
+from tests.faults.test_disk_full import Books, disk_config, fill
 from tests.receiver import ScriptedReceiver, Step
-
-
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[SmallDisk]:
-    """A 24 MiB tmpfs over tmp_path/disk, in a mount namespace of its own."""
-    why = namespaces_work()
-    if why is not None:
-        pytest.skip(f"no mount namespaces here: {why}")
-    disk = SmallDisk(tmp_path / "disk", TMPFS)
-    try:
-        yield disk
-    finally:
-        disk.close()
 
 
 def stopped_line(log: str) -> str:
