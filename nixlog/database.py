@@ -68,6 +68,8 @@ of each B-tree and reads walk recent rows by index, so 512 KiB holds every hot p
 SQLite's default 2 MiB per connection would creep into the daemon's resident memory."""
 DEFAULT_HEADROOM_BYTES: Final = 16 * 1024 * 1024  # WAL bound + a batch + slack: never 100 % full
 RESERVE_BYTES: Final = 2 * 1024 * 1024
+AUTO_VACUUM_INCREMENTAL: Final = 2
+"""``PRAGMA auto_vacuum`` of the files this version creates (and converts at a VACUUM)."""
 """A file kept beside the database and given back when the disk is full, so that a prune can
 commit: even a DELETE must write its pages to the WAL first (SQLITE_FULL otherwise)."""
 HYSTERESIS: Final = 0.05  # once pruning, free 5 % more than the bare minimum
@@ -395,6 +397,12 @@ def _check_file(path: Path) -> None:
 
 def _configure(conn: sqlite3.Connection, busy_timeout_ms: int) -> None:
     conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+    if conn.execute("PRAGMA page_count").fetchone()[0] == 0:
+        # A new file: incremental, so that pages pruning frees can go back to the filesystem
+        # when a full disk needs them for the reserve (_give_back_free_pages), at about 3 %
+        # more bytes written per reading (benchmarks/wear.py). Only here: on an existing file
+        # setting it would wait for a writer's lock, and a reader must never wait.
+        conn.execute(f"PRAGMA auto_vacuum = {AUTO_VACUUM_INCREMENTAL}")
     mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
     if str(mode).lower() != "wal":
         raise DatabaseError(f"{_path_of(conn)}: cannot switch to WAL journal mode (got {mode})")
@@ -1546,6 +1554,52 @@ def ensure_reserve(path: Path, free_disk: Callable[[Path], int] = free_disk_byte
     return True
 
 
+def _restore_reserve(conn: sqlite3.Connection, free_disk: Callable[[Path], int]) -> bool:
+    """``ensure_reserve``, giving free pages back to the filesystem first if it needs room.
+
+    When our own database filled the disk, pruning frees pages inside the file but not on the
+    disk, so the reserve could never come back. An incremental database (every one created
+    since auto_vacuum was set) hands just enough pages back for the reserve to fit.
+    """
+    path = _path_of(conn)
+    if reserve_path(path).exists():
+        return True
+    if free_disk(path) < 2 * RESERVE_BYTES:
+        _give_back_free_pages(conn, free_disk)
+    return ensure_reserve(path, free_disk)
+
+
+def _give_back_free_pages(conn: sqlite3.Connection, free_disk: Callable[[Path], int]) -> int:
+    """Truncate free pages off the file until the reserve fits twice; return the bytes given.
+
+    Only an incremental database can (``PRAGMA auto_vacuum`` 2); an older one returns 0
+    until a VACUUM (``nixlog prune --vacuum``) converts it. Never raises: on a disk too full
+    even for this, the reserve simply stays missing, as before.
+    """
+    path = _path_of(conn)
+    try:
+        if conn.execute("PRAGMA auto_vacuum").fetchone()[0] != AUTO_VACUUM_INCREMENTAL:
+            return 0
+        # The WAL first: the prune's own deletes may be what holds the room.
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        missing = 2 * RESERVE_BYTES - free_disk(path)
+        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+        free_pages = conn.execute("PRAGMA freelist_count").fetchone()[0]
+        pages = min(free_pages, math.ceil(missing / page_size))
+        if pages <= 0:
+            return 0
+        # executescript steps the pragma to its end; execute() stops after its first step,
+        # which frees a single page.
+        conn.executescript(f"PRAGMA incremental_vacuum({pages});")
+        # The file shrinks when the WAL is copied back into it.
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+    except (sqlite3.Error, OSError, DatabaseError) as exc:
+        log.warning("%s: cannot give free pages back to the disk: %s", path, exc)
+        return 0
+    log.info("%s: gave %d free pages back to the disk for the reserve", path, pages)
+    return int(pages * page_size)
+
+
 def prune_database(
     conn: sqlite3.Connection,
     config: DatabaseConfig,
@@ -1563,14 +1617,15 @@ def prune_database(
     logged. A reading is sent only when every output in ``outputs`` has it; an unsent one
     dropped is counted for each output that lacked it. Stops early, with a warning, when a
     chunk frees nothing measurable (something else is filling the disk: deleting more of our
-    data would not help). Never VACUUMs.
+    data would not help). Never VACUUMs; an incremental file may hand free pages back to the
+    disk when the reserve needs the room (``_restore_reserve``).
     """
     budget = Budget.from_config(config, headroom_bytes)
     measurement = _measure(conn, free_disk)
     need = bytes_to_free(measurement, budget)
     if need == 0:
         if not dry_run:
-            ensure_reserve(_path_of(conn), free_disk)
+            _restore_reserve(conn, free_disk)
         return PruneReport(dry_run=dry_run)
     reason = _reason(measurement, budget)
     with _reading(conn, "planning the prune"):
@@ -1618,7 +1673,7 @@ def prune_database(
                 break
             need = still_needed
     unsent_ranges = tuple((c.first, c.last) for c in chunks if c.unsent)
-    ensure_reserve(path, free_disk)
+    _restore_reserve(conn, free_disk)
     if total.unsent:
         log.warning(
             "%s: disk budget forced dropping %d UNSENT readings (ids %s)",
@@ -1832,6 +1887,8 @@ def vacuum_database(
         )
     before = _file_bytes(path)
     try:
+        # An older file becomes incremental here (see _give_back_free_pages).
+        conn.execute(f"PRAGMA auto_vacuum = {AUTO_VACUUM_INCREMENTAL}")
         conn.execute("VACUUM")
     except sqlite3.Error as exc:
         raise _translate(exc, path, "vacuuming") from exc

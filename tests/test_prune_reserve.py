@@ -63,3 +63,61 @@ def test_full_disk_releases_the_reserve_and_prunes_oldest(
     first, count = db.execute("SELECT min(id), count(*) FROM readings").fetchone()
     assert 0 < report.deleted_unsent < 2500, report
     assert first == report.deleted_unsent + 1 and count == 5000 - report.deleted_unsent
+
+
+def _rows_and_integrity(conn: sqlite3.Connection) -> tuple[int, int, int, str]:
+    first, last, count = conn.execute("SELECT min(id), max(id), count(*) FROM readings").fetchone()
+    return first, last, count, conn.execute("PRAGMA integrity_check").fetchone()[0]
+
+
+def test_pages_freed_by_pruning_bring_the_reserve_back(
+    db: sqlite3.Connection, db_path: Path
+) -> None:
+    """Our own database filled the disk: pruning frees pages inside the file, and just enough
+    of them go back to the filesystem for the reserve to return in the same pass."""
+    assert db.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # new files are incremental
+    fill(db, 100_000)
+    database.checkpoint(db)
+    assert ensure_reserve(db_path, free_disk=lambda _: 10**12)
+    disk = full_disk(db_path)
+    size_before = db_path.stat().st_size
+    config = DatabaseConfig(path=db_path, storage_limit_gb=0.0)
+    report = database.prune_database(db, config, free_disk=disk, headroom_bytes=4 * RESERVE_BYTES)
+    assert report.deleted_sent + report.deleted_unsent > 0, report
+    assert reserve_path(db_path).stat().st_size == RESERVE_BYTES, "no reserve after the prune"
+    given_back = size_before - db_path.stat().st_size
+    # The file gave the filesystem room for the reserve twice over, and not much more.
+    assert given_back + disk(db_path) + RESERVE_BYTES >= 2 * RESERVE_BYTES
+    assert given_back <= 2 * RESERVE_BYTES + 65536, given_back
+    first, last, count, integrity = _rows_and_integrity(db)
+    assert integrity == "ok"
+    assert (last, count) == (100_000, 100_000 - first + 1)  # oldest gone, the rest intact
+
+
+def test_an_older_non_incremental_file_keeps_working_without_its_reserve(
+    db: sqlite3.Connection, db_path: Path
+) -> None:
+    """A file made before auto_vacuum (NONE) cannot give pages back: the prune still frees
+    room inside it, the reserve stays missing, and nothing raises; a VACUUM converts it."""
+    db.execute("PRAGMA auto_vacuum = NONE")
+    db.execute("VACUUM")
+    assert db.execute("PRAGMA auto_vacuum").fetchone()[0] == 0
+    fill(db, 100_000)
+    database.checkpoint(db)
+    assert ensure_reserve(db_path, free_disk=lambda _: 10**12)
+    disk = full_disk(db_path)
+    size_before = db_path.stat().st_size
+    config = DatabaseConfig(path=db_path, storage_limit_gb=0.0)
+    report = database.prune_database(db, config, free_disk=disk, headroom_bytes=4 * RESERVE_BYTES)
+    assert report.deleted_sent + report.deleted_unsent > 0, report
+    assert not reserve_path(db_path).exists()
+    assert db_path.stat().st_size == size_before  # freed pages stay inside the file
+    assert _rows_and_integrity(db)[3] == "ok"
+    # `nixlog prune --vacuum` (a new connection, then VACUUM) converts it: from then on it
+    # can give pages back.
+    again = database.open_db(db_path)
+    try:
+        database.vacuum_database(again, free_disk=lambda _: 10**12)
+        assert again.execute("PRAGMA auto_vacuum").fetchone()[0] == 2
+    finally:
+        database.close(again)
