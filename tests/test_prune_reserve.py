@@ -70,12 +70,13 @@ def _rows_and_integrity(conn: sqlite3.Connection) -> tuple[int, int, int, str]:
     return first, last, count, conn.execute("PRAGMA integrity_check").fetchone()[0]
 
 
-def test_pages_freed_by_pruning_bring_the_reserve_back(
+def _prune_a_disk_the_database_filled(
     db: sqlite3.Connection, db_path: Path
-) -> None:
-    """Our own database filled the disk: pruning frees pages inside the file, and just enough
-    of them go back to the filesystem for the reserve to return in the same pass."""
-    assert db.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # new files are incremental
+) -> tuple[Callable[[Path], int], int]:
+    """100,000 readings and the reserve fill the disk; one prune that must drop readings.
+
+    Returns the disk's free-space function and the file's size before the prune.
+    """
     fill(db, 100_000)
     database.checkpoint(db)
     assert ensure_reserve(db_path, free_disk=lambda _: 10**12)
@@ -84,6 +85,16 @@ def test_pages_freed_by_pruning_bring_the_reserve_back(
     config = DatabaseConfig(path=db_path, storage_limit_gb=0.0)
     report = database.prune_database(db, config, free_disk=disk, headroom_bytes=4 * RESERVE_BYTES)
     assert report.deleted_sent + report.deleted_unsent > 0, report
+    return disk, size_before
+
+
+def test_pages_freed_by_pruning_bring_the_reserve_back(
+    db: sqlite3.Connection, db_path: Path
+) -> None:
+    """Our own database filled the disk: pruning frees pages inside the file, and just enough
+    of them go back to the filesystem for the reserve to return in the same pass."""
+    assert db.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # new files are incremental
+    disk, size_before = _prune_a_disk_the_database_filled(db, db_path)
     assert reserve_path(db_path).stat().st_size == RESERVE_BYTES, "no reserve after the prune"
     given_back = size_before - db_path.stat().st_size
     # The file gave the filesystem room for the reserve twice over, and not much more.
@@ -102,14 +113,7 @@ def test_an_older_non_incremental_file_keeps_working_without_its_reserve(
     db.execute("PRAGMA auto_vacuum = NONE")
     db.execute("VACUUM")
     assert db.execute("PRAGMA auto_vacuum").fetchone()[0] == 0
-    fill(db, 100_000)
-    database.checkpoint(db)
-    assert ensure_reserve(db_path, free_disk=lambda _: 10**12)
-    disk = full_disk(db_path)
-    size_before = db_path.stat().st_size
-    config = DatabaseConfig(path=db_path, storage_limit_gb=0.0)
-    report = database.prune_database(db, config, free_disk=disk, headroom_bytes=4 * RESERVE_BYTES)
-    assert report.deleted_sent + report.deleted_unsent > 0, report
+    _, size_before = _prune_a_disk_the_database_filled(db, db_path)
     assert not reserve_path(db_path).exists()
     assert db_path.stat().st_size == size_before  # freed pages stay inside the file
     assert _rows_and_integrity(db)[3] == "ok"
