@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -27,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.rig import free_port, nixlog_env
+from benchmarks.rig import free_port, serving
 from nixlog.config import Config, load_config
 from nixlog.core import Poller
 from nixlog.modbus_client import create_client
@@ -100,28 +99,9 @@ def plant_simulator(directory: Path, answer_delay_ms: float = 0.0) -> Iterator[s
     address = f"tcp://127.0.0.1:{free_port()}"
     plant_config(directory, address, 1.0)
     config = directory / f"plant-0-{1.0}.toml"
-    process = subprocess.Popen(
-        [sys.executable, "-c", _SERVE, str(config), address, str(answer_delay_ms)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=nixlog_env(),
-    )
-    try:
-        assert process.stderr is not None
-        banner = process.stderr.readline()
-        if "Simulating" not in banner:
-            raise RuntimeError(f"simulator did not start: {banner.strip()!r}")
+    command = [sys.executable, "-c", _SERVE, str(config), address, str(answer_delay_ms)]
+    with serving(command, address):
         yield address
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
-        if process.stderr is not None:
-            process.stderr.close()
 
 
 def _slice_rates(cycles: Sequence[Callable[[], object]], seconds: float) -> list[list[float]]:

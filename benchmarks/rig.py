@@ -63,17 +63,27 @@ def simulator_process() -> Iterator[str]:
     A separate process, like a real device: it must not share the measuring process's GIL.
     """
     address = f"tcp://127.0.0.1:{free_port()}"
+    command = [sys.executable, "-m", "nixlog", "simulate", "--port", address]
+    # No ./config.toml in the temporary directory: it serves the example map.
+    with serving(command, address, cwd=Path(tempfile.gettempdir())):
+        yield address
+
+
+@contextmanager
+def serving(command: list[str], address: str, cwd: Path | None = None) -> Iterator[str]:
+    """Run a simulator ``command`` until its "Simulating" line (printed once it listens) and
+    yield ``address``; stop it afterwards, killing it if it will not stop."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "nixlog", "simulate", "--port", address],
+        command,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
         env=nixlog_env(),
-        cwd=tempfile.gettempdir(),  # no ./config.toml: serve the example map
+        cwd=cwd,
     )
     try:
         assert process.stderr is not None
-        banner = process.stderr.readline()  # printed once it listens
+        banner = process.stderr.readline()
         if "Simulating" not in banner:
             raise RuntimeError(f"simulator did not start: {banner.strip()!r}")
         yield address
@@ -83,7 +93,7 @@ def simulator_process() -> Iterator[str]:
             process.wait(10)
         except subprocess.TimeoutExpired:
             process.kill()
-            process.wait(5)
+            process.wait(10)
         if process.stderr is not None:
             process.stderr.close()
 
