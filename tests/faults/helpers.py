@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from nixlog.config import load_config
+from nixlog.demo import PtyPair
 from nixlog.model import Value
 from nixlog.receiver import ReceivedRequest, Reply
 from nixlog.registers import plan_for_config
@@ -504,32 +505,14 @@ def namespaces_work() -> str | None:
     return None if done.returncode == 0 else f"cannot mount a tmpfs: {done.stderr.strip()}"
 
 
-class SocatPair:
-    """A socat pty pair with fixed link names: ``stop()`` unplugs it, ``start()`` replugs."""
+class SocatPair(PtyPair):
+    """The demo's socat pty pair with chosen link names: ``stop()`` unplugs it, ``start()``
+    replugs."""
 
     def __init__(self, server_end: Path, client_end: Path) -> None:
+        super().__init__(server_end.parent)
         self.server_end = server_end
         self.client_end = client_end
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> SocatPair:
-        """Create both ptys and wait until the links exist."""
-        socat = shutil.which("socat")
-        assert socat is not None, "socat is not installed"
-        self.process = subprocess.Popen(
-            [
-                socat,
-                f"pty,raw,echo=0,link={self.server_end}",
-                f"pty,raw,echo=0,link={self.client_end}",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 5
-        while not (self.server_end.exists() and self.client_end.exists()):
-            assert time.monotonic() < deadline and self.process.poll() is None, "socat failed"
-            time.sleep(0.01)
-        return self
 
     def stop(self) -> None:
         """Kill socat: both ptys (and their links) vanish, like a USB adapter pulled out."""
